@@ -1,0 +1,1 @@
+"""Built-in attacks: PGD, AutoAttack, transfer."""

@@ -1,0 +1,199 @@
+"""Projected gradient descent (Madry et al. 2018) with the options evaluations need.
+
+Linf and L2, random start, restarts, step-size schedules, CE / CW / DLR losses,
+targeted mode, momentum (MI-FGSM) and input diversity (DI) for transfer. Samples
+stop receiving effort the step they are misclassified (``early_stop``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from robustbench_peft.attack import Attack, batches
+from robustbench_peft.errors import UserError
+from robustbench_peft.registry import register_attack
+from robustbench_peft.threat_model import project, random_start
+
+from .losses import get_loss
+
+SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda t, steps: 1.0,
+    "cosine": lambda t, steps: 0.5 * (1 + math.cos(math.pi * t / max(1, steps))),
+    "step": lambda t, steps: 1.0 if t < steps // 2 else (0.5 if t < (3 * steps) // 4 else 0.25),
+}
+
+
+def _least_likely(logits: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return logits.argmin(1)
+
+
+def _random_other(logits: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    shift = torch.randint(1, logits.shape[1], y.shape, generator=generator)
+    return (y + shift.to(y.device)) % logits.shape[1]
+
+
+def _next_class(logits: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return (y + 1) % logits.shape[1]
+
+
+TARGET_CHOICES = {"least_likely": _least_likely, "random": _random_other, "next": _next_class}
+
+
+def diverse_input(x: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Random resize-and-pad (Xie et al. 2019) with probability ``prob``, back to the input size."""
+    if prob <= 0 or torch.rand(1, generator=generator).item() >= prob:
+        return x
+    size = x.shape[-1]
+    outer = max(size + 1, int(round(size * 1.15)))
+    inner = int(torch.randint(size, outer, (1,), generator=generator))
+    resized = F.interpolate(x, size=(inner, inner), mode="nearest")
+    pad_left = int(torch.randint(0, outer - inner + 1, (1,), generator=generator))
+    pad_top = int(torch.randint(0, outer - inner + 1, (1,), generator=generator))
+    padded = F.pad(resized, (pad_left, outer - inner - pad_left, pad_top, outer - inner - pad_top))
+    return F.interpolate(padded, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """Projected gradient descent: Linf/L2, restarts, CE/CW/DLR, targeted, schedules, MI and DI."""
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        norm: str = "Linf",
+        steps: int = 20,
+        restarts: int = 1,
+        step_size: float = 0.0,
+        rel_step_size: float = 0.0,
+        schedule: str = "constant",
+        random_start: bool = True,
+        loss: str = "ce",
+        targeted: bool = False,
+        target_choice: str = "least_likely",
+        momentum: float = 0.0,
+        input_diversity: float = 0.0,
+        early_stop: bool = True,
+        seed: int = 0,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        if steps < 1 or restarts < 1:
+            raise UserError(f"pgd needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}")
+        if step_size < 0 or rel_step_size < 0:
+            raise UserError("pgd step_size and rel_step_size must be >= 0 (0 picks the default 2.5 * eps / steps)")
+        if schedule not in SCHEDULES:
+            raise UserError(f"unknown pgd schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if target_choice not in TARGET_CHOICES:
+            raise UserError(f"unknown target_choice {target_choice!r}; use one of {', '.join(TARGET_CHOICES)}")
+        if not 0 <= input_diversity <= 1:
+            raise UserError(f"input_diversity is a probability in [0,1], got {input_diversity}")
+        self.steps, self.restarts = int(steps), int(restarts)
+        self.step_size, self.rel_step_size = float(step_size), float(rel_step_size)
+        self.schedule, self.random_start = schedule, bool(random_start)
+        self.loss_name, self.loss_fn = loss, get_loss(loss)
+        self.targeted, self.target_choice = bool(targeted), target_choice
+        self.momentum, self.input_diversity = float(momentum), float(input_diversity)
+        self.early_stop = bool(early_stop)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "step_size": self.step_size,
+            "rel_step_size": self.rel_step_size,
+            "schedule": self.schedule,
+            "random_start": self.random_start,
+            "loss": self.loss_name,
+            "targeted": self.targeted,
+            "target_choice": self.target_choice if self.targeted else None,
+            "momentum": self.momentum,
+            "input_diversity": self.input_diversity,
+            "early_stop": self.early_stop,
+        }
+
+    def describe(self) -> str:
+        parts = [f"pgd-{self.steps}"]
+        if self.restarts > 1:
+            parts.append(f"x{self.restarts}")
+        if self.loss_name != "ce":
+            parts.append(self.loss_name)
+        if self.targeted:
+            parts.append("targeted")
+        return "-".join(parts)
+
+    def alpha(self, eps: float) -> float:
+        if self.step_size > 0:
+            return self.step_size
+        return (self.rel_step_size or 2.5 / self.steps) * eps
+
+    def perturb(self, model, x, y, eps, generator):
+        out = x.clone()
+        for part in batches(len(x), self.batch_size):
+            out[part] = self._perturb_batch(model, x[part], y[part], eps, generator)
+        return out
+
+    def _fooled(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == target if target is not None else pred != y
+
+    def _perturb_batch(self, model, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+        device = model.device
+        x, y = x.to(device), y.to(device)
+        target = None
+        if self.targeted:
+            with torch.no_grad():
+                target = TARGET_CHOICES[self.target_choice](model(x), y, generator)
+        best = x.clone()
+        done = torch.zeros(len(x), dtype=torch.bool, device=device)
+        for _ in range(self.restarts):
+            todo = (~done).nonzero().flatten()
+            if len(todo) == 0:
+                break
+            found, x_last = self._one_run(model, x[todo], y[todo], None if target is None else target[todo], eps, generator)
+            best[todo] = x_last  # fooling iterates are frozen; others keep the latest restart's last iterate
+            done[todo] |= found
+        return best
+
+    def _one_run(self, model, x, y, target, eps, generator):
+        """One PGD run; returns (fooled flags, final or first-fooling iterate)."""
+        x_adv = random_start(x, eps, self.norm, generator) if self.random_start else x.clone()
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        grad_avg = torch.zeros_like(x)
+        base_alpha = self.alpha(eps)
+        for t in range(self.steps + 1):
+            active = (~found).nonzero().flatten() if self.early_stop else torch.arange(len(x), device=x.device)
+            if len(active) == 0:
+                break
+            xa = x_adv[active].clone().requires_grad_(True)
+            ya = y[active]
+            ta = None if target is None else target[active]
+            logits = model(diverse_input(xa, self.input_diversity, generator))
+            fooled = self._fooled(logits.detach(), ya, ta) if self.input_diversity == 0 else self._fooled(model(xa).detach(), ya, ta)
+            if self.early_stop:
+                found[active] |= fooled
+            elif t == self.steps:
+                found[active] = fooled
+            if t == self.steps:
+                break
+            grad = torch.autograd.grad(self.loss_fn(logits, ya, ta).sum(), xa)[0].detach()
+            step_rows = ~fooled if self.early_stop else torch.ones_like(fooled)
+            idx = active[step_rows]
+            grad = grad[step_rows]
+            if self.momentum > 0:
+                grad = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+                grad_avg[idx] = self.momentum * grad_avg[idx] + grad
+                grad = grad_avg[idx]
+            alpha = base_alpha * SCHEDULES[self.schedule](t, self.steps)
+            if self.norm == "Linf":
+                step = alpha * grad.sign()
+            else:
+                step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            x_adv[idx] = project(x[idx], x_adv[idx] + step, eps, self.norm)
+        return found, x_adv

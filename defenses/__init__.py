@@ -1,0 +1,1 @@
+"""Defenses and adaptations: visual prompts, adversarial fine-tuning."""

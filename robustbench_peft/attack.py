@@ -1,0 +1,177 @@
+"""The attack contract, enforced in one final ``__call__`` for every attack.
+
+Subclasses only implement :meth:`Attack.perturb` (craft candidates for the samples
+still standing at one eps). The base class owns everything that makes numbers
+trustworthy: input checks, eps handling from small to large, effort only on
+samples not yet broken, projection onto the threat model, [0,1] clipping, a
+validity check of what is returned, and predictions re-measured on the returned
+inputs by the evaluated target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .targets import ClassifierTarget
+from .threat_model import check_norm, project, violations
+
+
+class AttackValidityError(RuntimeError):
+    """An attack returned inputs outside the threat model after projection: a bug."""
+
+
+@dataclass
+class AttackResult:
+    """Per-sample, per-eps outcome of one attack on one target.
+
+    ``correct[i, j]`` is True when sample j is still classified correctly by the
+    evaluated target on ``x_adv[i][j]`` (re-measured, never an attack's own flag).
+    """
+
+    name: str
+    threat_model: str
+    eps: list[float]
+    correct: torch.Tensor
+    x_adv: list[torch.Tensor]
+    seconds: float
+    config: dict[str, Any]
+    adaptive: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+    invalid: list[dict[str, int]] = field(default_factory=list)
+
+    @property
+    def robust_accuracy(self) -> list[float]:
+        return [float(row.float().mean()) if row.numel() else float("nan") for row in self.correct]
+
+    @property
+    def success(self) -> torch.Tensor:
+        """Per-sample, per-eps success flags (the attack fooled the target)."""
+        return ~self.correct
+
+
+def validate_eps(eps_list: Iterable[Any]) -> list[float]:
+    """Positive finite numbers, deduplicated, in the caller's order."""
+    values: list[float] = []
+    for raw in eps_list:
+        try:
+            eps = float(raw)
+        except (TypeError, ValueError):
+            raise UserError(f"eps must be a number, got {raw!r}") from None
+        if not math.isfinite(eps) or eps <= 0:
+            raise UserError(f"eps must be a positive finite number, got {raw!r}")
+        if eps not in values:
+            values.append(eps)
+    if not values:
+        raise UserError("at least one eps value is needed")
+    return values
+
+
+class Attack(ABC):
+    """Base class of white-box, transfer and black-box classifier attacks.
+
+    Args:
+        norm: the threat model, "Linf" or "L2".
+        seed: every random choice of the attack derives from it.
+        batch_size: samples crafted at once.
+    """
+
+    #: Registry name; set by subclasses.
+    name: str = "attack"
+    #: False for attacks whose perturbation is crafted without the evaluated pipeline.
+    adaptive: bool = True
+
+    def __init__(self, norm: str = "Linf", seed: int = 0, batch_size: int = 256, progress: bool = True) -> None:
+        self.norm = check_norm(norm)
+        self.seed = int(seed)
+        if int(batch_size) < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.progress = progress
+
+    # -- what subclasses implement -------------------------------------------------
+    @abstractmethod
+    def perturb(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+        """Candidates for ``x`` (all still correctly classified) within ``eps``."""
+
+    def config(self) -> dict[str, Any]:
+        """The settings that reproduce this attack (recorded in reports)."""
+        return {"norm": self.norm, "seed": self.seed}
+
+    def describe(self) -> str:
+        return self.name
+
+    # -- the contract ----------------------------------------------------------------
+    def __call__(
+        self,
+        target: ClassifierTarget,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps_list: Sequence[float],
+        *,
+        craft_target: ClassifierTarget | None = None,
+    ) -> AttackResult:
+        """Attack ``target`` at every eps; perturbations are crafted on ``craft_target``
+        (the target itself unless given: a different one makes the evaluation non-adaptive)."""
+        eps_values = validate_eps(eps_list)
+        target.check_input(x)
+        y = torch.as_tensor(y, dtype=torch.long)
+        if len(y) != len(x):
+            raise UserError(f"{len(x)} inputs but {len(y)} labels")
+        craft = craft_target if craft_target is not None else target
+        target.eval()
+        craft.eval()
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.seed)
+        correct = target.predict(x, self.batch_size) == y
+        best = x.clone()
+        order = sorted(range(len(eps_values)), key=lambda i: eps_values[i])
+        rows: dict[int, torch.Tensor] = {}
+        advs: dict[int, torch.Tensor] = {}
+        invalid: dict[int, dict[str, int]] = {}
+        bar = tqdm(total=len(order), desc=f"{self.describe()} {self.norm}", leave=False, disable=not self.progress)
+        for i in order:
+            eps = eps_values[i]
+            standing = correct.nonzero().flatten()
+            if len(standing):
+                candidates = self.perturb(craft, x[standing], y[standing], eps, generator).detach().cpu()
+                if candidates.shape != x[standing].shape:
+                    raise AttackValidityError(f"{self.name} returned shape {tuple(candidates.shape)} for {tuple(x[standing].shape)}")
+                best[standing] = project(x[standing], torch.nan_to_num(candidates, nan=0.0), eps, self.norm)
+            bad = violations(x, best, eps, self.norm)
+            invalid[i] = bad
+            if any(bad.values()):
+                raise AttackValidityError(f"{self.name} at eps={eps}: invalid inputs after projection: {bad}")
+            x_adv = best.clone()
+            correct = target.predict(x_adv, self.batch_size) == y  # re-measured on what is returned
+            rows[i], advs[i] = correct.clone(), x_adv
+            bar.update(1)
+        bar.close()
+        return AttackResult(
+            name=self.describe(),
+            threat_model=self.norm,
+            eps=eps_values,
+            correct=torch.stack([rows[i] for i in range(len(eps_values))]),
+            x_adv=[advs[i] for i in range(len(eps_values))],
+            seconds=time.perf_counter() - start,
+            config={"attack": self.name, **self.config()},
+            adaptive=self.adaptive and craft_target is None,
+            details=self.details(),
+            invalid=[invalid[i] for i in range(len(eps_values))],
+        )
+
+    def details(self) -> dict[str, Any]:
+        """Attack-specific extras for the report (e.g. accuracy after each component)."""
+        return {}
+
+
+def batches(n: int, batch_size: int) -> Iterable[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))

@@ -1,0 +1,184 @@
+"""Command line: ``python -m robustbench_peft {eval,list,...}``.
+
+Every user error ends as one ``error:`` line on stderr and exit code 2, with no
+traceback; reports already on disk are never damaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import UserError
+
+DEFAULT_RUNS_DIR = Path("reports") / "runs"
+#: Subcommands contributed by other modules: name -> (help, add_arguments, handler).
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def subcommand(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def decorate(handler: Callable[[argparse.Namespace], int]):
+        SUBCOMMANDS[name] = (help, add_arguments, handler)
+        return handler
+
+    return decorate
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but errors become :class:`UserError` (one line, exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def parse_eps(values: Sequence[str] | None) -> dict[str, list[float]] | None:
+    """``--eps 0.1,0.2`` (every threat model) and ``--eps L2:0.5,1`` (one threat model)."""
+    if not values:
+        return None
+    from .attack import validate_eps
+    from .threat_model import check_norm
+
+    eps: dict[str, list[float]] = {}
+    for value in values:
+        norm, sep, numbers = value.partition(":")
+        if not sep:
+            norm, numbers = "*", value
+        else:
+            check_norm(norm)
+        items = [v for v in numbers.split(",") if v.strip()]
+        eps[norm] = validate_eps(items)
+    return eps
+
+
+def resolve_out_dir(out: str | None, suite: str, force: bool) -> Path:
+    """The output folder: must be new (or --force), and writable, before any work starts."""
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = DEFAULT_RUNS_DIR / f"{suite}-{stamp}"
+    else:
+        path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output path {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UserError(f"output directory {path} already holds files; pass --force to overwrite, or choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="digits", help="named suite to start from (default: digits)")
+    p.add_argument("--task", help="task name, e.g. digits")
+    p.add_argument("--data-dir", help="data directory of the task (cifar10, cifar100, imagefolder)")
+    p.add_argument("--model", action="append", help="model spec FAMILY:NAME (repeatable), e.g. digits:cnn")
+    p.add_argument("--attack", action="append", help="attack NAME[:k=v,...] (repeatable), e.g. pgd:norm=L2,steps=50")
+    p.add_argument("--defense", action="append", help="defense NAME[:k=v,...] (repeatable); 'none' for the bare model")
+    p.add_argument("--eps", action="append", help="eps list: '0.1,0.2' for every threat model or 'L2:0.5,1' for one (repeatable)")
+    p.add_argument("--n", type=int, help="number of test examples (the first n, deterministic)")
+    p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    p.add_argument("--batch-size", type=int, help="samples per attack batch")
+    p.add_argument("--no-checks", action="store_true", help="skip the evaluation sanity checks")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--out", help="output directory (default: reports/runs/SUITE-TIMESTAMP)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_suite(args: argparse.Namespace):
+    from .options import parse_plugin_spec
+    from .registry import SUITES
+
+    suite = SUITES.get(args.suite).factory()
+    attacks = tuple(parse_plugin_spec(a) for a in args.attack) if args.attack else None
+    defenses = tuple(parse_plugin_spec(d) for d in args.defense) if args.defense else None
+    eps = parse_eps(args.eps)
+    if eps and "*" in eps:
+        norms = {str(a.options.get("norm", "Linf")) for a in (attacks or suite.attacks)}
+        eps = {**{norm: eps["*"] for norm in norms}, **{k: v for k, v in eps.items() if k != "*"}}
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    task_options = dict(suite.task_options)
+    if args.data_dir:
+        task_options["data_dir"] = args.data_dir
+    return suite.with_overrides(
+        task_options=task_options,
+        task=args.task,
+        models=tuple(args.model) if args.model else None,
+        attacks=attacks,
+        defenses=defenses,
+        eps=eps,
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        checks=False if args.no_checks else None,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .render import write_outputs
+    from .runner import Runner
+
+    suite = build_suite(args)
+    out = resolve_out_dir(args.out, suite.name, args.force)
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"[robustbench_peft] {m}", file=sys.stderr))
+    report = Runner(suite, progress=not args.quiet, log=log, device=args.device).run()
+    paths = write_outputs(report, out)
+    print(report.summary())
+    print(f"\nreport: {paths['report.json']}  (also report.md, report.html, plots)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import ALL_REGISTRIES
+
+    for registry in ALL_REGISTRIES:
+        entries = list(registry)
+        print(f"{registry.plural}:")
+        for entry in entries:
+            print(f"  {entry.name:<18} {entry.description}")
+        if not entries:
+            print("  (none)")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m robustbench_peft", description="Robustness and unlearning evaluation with standardized reports.")
+    sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
+    eval_parser = sub.add_parser("eval", help="run an evaluation suite and write a report")
+    add_eval_arguments(eval_parser)
+    eval_parser.set_defaults(handler=cmd_eval)
+    list_parser = sub.add_parser("list", help="list registered tasks, models, attacks, defenses, unlearners, suites")
+    list_parser.set_defaults(handler=cmd_list)
+    for name, (help_text, add_arguments, handler) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        parser = make_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help()
+            return 2
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,218 @@
+"""Expand a suite into runs and execute them: fit -> checks -> attacks -> worst case -> report.
+
+One run is (task, model, defense). Within a run, attacks go cheap-first in the
+order the suite lists them; each attack spends effort only on samples that are
+still standing at its eps. The worst case is per sample across every attack.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import checks as checks_module
+from .attack import Attack, AttackResult, validate_eps
+from .defense import Defense, FittedDefense
+from .errors import UserError
+from .models import load_target
+from .options import PluginSpec, build
+from .registry import ATTACKS, DEFENSES, TASKS
+from .report import Report, bits, environment
+from .suite import MODES, RUNNER_OPTIONS, Suite
+from .targets import ClassifierTarget
+from .task import ClassificationTask
+
+
+@dataclass
+class PreparedAttack:
+    """An attack built from its spec, with the runner-level options split off."""
+
+    spec: PluginSpec
+    attack: Attack
+    n: int | None
+    mode: str
+
+
+def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool) -> PreparedAttack:
+    options = dict(spec.options)
+    n = options.pop("n", None)
+    mode = str(options.pop("mode", "adaptive"))
+    if mode not in MODES:
+        raise UserError(f"attack {spec.label()}: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if n is not None:
+        try:
+            n = int(n)
+        except ValueError:
+            raise UserError(f"attack {spec.label()}: n must be an integer, got {n!r}") from None
+        if n < 1:
+            raise UserError(f"attack {spec.label()}: n must be >= 1")
+    options.setdefault("seed", seed)
+    options.setdefault("batch_size", batch_size)
+    options.setdefault("progress", progress)
+    attack = build(ATTACKS.get(spec.name).factory, options, owner=f"attack {spec.name}")
+    return PreparedAttack(spec, attack, n, mode)
+
+
+def prepare_defense(spec: PluginSpec, seed: int) -> Defense | None:
+    if spec.name == "none":
+        return None
+    options = dict(spec.options)
+    options.setdefault("seed", seed)
+    return build(DEFENSES.get(spec.name).factory, options, owner=f"defense {spec.name}")
+
+
+def resolve_eps(suite: Suite, task: ClassificationTask) -> dict[str, list[float]]:
+    eps = suite.eps or task.default_eps
+    return {norm: validate_eps(values) for norm, values in eps.items()}
+
+
+def load_task(name: str, options: dict[str, Any] | None = None) -> ClassificationTask:
+    return build(TASKS.get(name).factory, dict(options or {}), owner=f"task {name}")
+
+
+#: Report sections beyond classifier runs: name -> function(suite, runner) -> JSON-able dict.
+SECTION_RUNNERS: dict[str, Callable[[Suite, "Runner"], dict[str, Any]]] = {}
+
+
+def register_section(name: str) -> Callable:
+    """Register the runner of a report section (e.g. unlearning, diffusion)."""
+
+    def decorate(fn: Callable[[Suite, "Runner"], dict[str, Any]]) -> Callable:
+        SECTION_RUNNERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def attack_record(result: AttackResult, eps_index: int, n: int) -> dict[str, Any]:
+    return {
+        "name": result.name,
+        "threat_model": result.threat_model,
+        "eps": result.eps[eps_index],
+        "robust_accuracy": result.robust_accuracy[eps_index],
+        "seconds": round(result.seconds, 4),
+        "config": result.config,
+        "adaptive": result.adaptive,
+        "n": n,
+        "correct": bits(result.correct[eps_index].tolist()),
+        "details": result.details,
+    }
+
+
+def worst_case(results: list[AttackResult], clean_correct: torch.Tensor) -> dict[tuple[str, float], tuple[torch.Tensor, list[str]]]:
+    """Per (threat model, eps): a sample counts as robust only if every attack that ran on it failed."""
+    worst: dict[tuple[str, float], tuple[torch.Tensor, list[str]]] = {}
+    for r in results:
+        for i, eps in enumerate(r.eps):
+            key = (r.threat_model, eps)
+            correct, names = worst.get(key, (clean_correct.clone(), []))
+            covered = len(r.correct[i])
+            correct[:covered] &= r.correct[i]
+            worst[key] = (correct, names + [r.name + ("" if r.adaptive else " (non-adaptive)")])
+    return worst
+
+
+class Runner:
+    """Executes a suite; ``progress`` shows bars; ``log`` receives one-line status messages."""
+
+    def __init__(self, suite: Suite, progress: bool = True, log: Callable[[str], None] | None = None, device: str = "cpu") -> None:
+        self.suite = suite
+        self.progress = progress
+        self.log = log or (lambda message: None)
+        self.device = device
+        self._targets: dict[str, ClassifierTarget] = {}
+
+    def base_target(self, model: Any, task: ClassificationTask) -> ClassifierTarget:
+        from .targets import as_classifier_target
+
+        if not isinstance(model, str):
+            target = as_classifier_target(model, task.n_classes, task.input_shape, name=type(model).__name__)
+        elif model in self._targets:
+            return self._targets[model]
+        else:
+            target = load_target(model)
+        target = target.to(self.device).eval()
+        if target.n_classes != task.n_classes:
+            raise UserError(f"model {target.name} has {target.n_classes} classes but task {task.name} has {task.n_classes}")
+        target.check_input(task.x_test[:2])
+        target.validate_outputs(task.x_test[:16])
+        if isinstance(model, str):
+            self._targets[model] = target
+        return target
+
+    def run(self) -> Report:
+        suite = self.suite
+        torch.manual_seed(suite.seed)
+        task = load_task(suite.task, suite.task_options)
+        eps = resolve_eps(suite, task)
+        unknown = [name for name in suite.sections if name not in SECTION_RUNNERS]
+        if unknown:
+            raise UserError(f"unknown report section(s) {', '.join(unknown)}; known: {', '.join(sorted(SECTION_RUNNERS)) or 'none'}")
+        attacks = [prepare_attack(spec, suite.seed, suite.batch_size, self.progress) for spec in suite.attacks]
+        for prepared in attacks:
+            if prepared.attack.norm not in eps:
+                raise UserError(f"attack {prepared.spec.label()} uses {prepared.attack.norm} but no eps is set for it; pass --eps {prepared.attack.norm}:VALUES")
+        defenses = [(spec, prepare_defense(spec, suite.seed)) for spec in suite.defenses]
+        runs = []
+        for model in suite.models:
+            base = self.base_target(model, task)
+            for spec, defense in defenses:
+                runs.append(self.run_one(task, base, model, spec, defense, attacks, eps))
+        sections = {}
+        for name in suite.sections:
+            self.log(f"section {name}")
+            sections[name] = SECTION_RUNNERS[name](suite, self)
+        return Report(
+            runs=runs,
+            environment=environment(suite.seed, self.device),
+            suite=suite.to_json(),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            sections=sections,
+        )
+
+    def run_one(self, task, base, model, spec, defense, attacks, eps) -> dict[str, Any]:
+        label = f"{base.name} / {spec.label()}"
+        fitted: FittedDefense | None = None
+        target = base
+        if defense is not None:
+            self.log(f"fitting {spec.label()} on {base.name}")
+            fitted = defense.fit(base, task)
+            target = fitted.target.to(self.device).eval()
+        x, y = task.test_subset(self.suite.n)
+        clean_correct = target.predict(x, self.suite.batch_size) == y
+        checks = checks_module.run_pre_checks(target, x, y) if self.suite.checks else []
+        results: list[AttackResult] = []
+        records = []
+        for prepared in attacks:
+            if prepared.mode == "nonadaptive" and fitted is None:
+                continue  # without a defense, non-adaptive is the same attack as adaptive
+            n_attack = min(len(y), prepared.n or len(y))
+            self.log(f"{label}: {prepared.spec.label()} on {n_attack} samples")
+            craft = fitted.base if (prepared.mode == "nonadaptive" and fitted is not None) else None
+            result = prepared.attack(target, x[:n_attack], y[:n_attack], eps[prepared.attack.norm], craft_target=craft)
+            results.append(result)
+            records += [attack_record(result, i, n_attack) for i in range(len(result.eps))]
+        worst = worst_case(results, clean_correct)
+        if self.suite.checks:
+            ctx = checks_module.RunContext(target, x, y, clean_correct, results, eps, self.suite.seed, {k: v[0] for k, v in worst.items()})
+            checks += checks_module.run_post_checks(ctx)
+        failed = [c for c in checks if not c.passed]
+        return {
+            "task": task.name,
+            "model": {"spec": base.name, "sha256": base.weights_sha256(), "parameters": sum(p.numel() for p in base.parameters())},
+            "defense": defense.record(fitted) if defense is not None and fitted is not None else None,
+            "n": len(y),
+            "clean_accuracy": float(clean_correct.float().mean()),
+            "clean_correct": bits(clean_correct.tolist()),
+            "attacks": records,
+            "worst_case": [
+                {"threat_model": norm, "eps": e, "robust_accuracy": float(c.float().mean()), "attacks": names, "correct": bits(c.tolist())}
+                for (norm, e), (c, names) in sorted(worst.items())
+            ],
+            "checks": [c.to_json() for c in checks],
+            "reliable": not failed,
+            "unreliable_reasons": [f"{c.name}: {c.detail}" for c in failed],
+        }

@@ -1,0 +1,55 @@
+"""Suites: what an ``eval`` runs, as data.
+
+A suite is a task, model specs, defenses, attacks, eps per threat model, n and a
+seed. Named suites register with ``@register_suite``; the CLI overrides fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .options import PluginSpec
+
+#: Attack options handled by the runner rather than by the attack itself.
+RUNNER_OPTIONS = ("n", "mode")
+MODES = ("adaptive", "nonadaptive")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    task: str
+    models: tuple[str, ...]
+    attacks: tuple[PluginSpec, ...]
+    defenses: tuple[PluginSpec, ...] = (PluginSpec("none"),)
+    eps: dict[str, list[float]] | None = None
+    n: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+    checks: bool = True
+    description: str = ""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    #: Report sections beyond classifier runs (e.g. "unlearning"), run by registered section runners.
+    sections: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, **changes: Any) -> "Suite":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "models": list(self.models),
+            "defenses": [d.to_json() for d in self.defenses],
+            "attacks": [a.to_json() for a in self.attacks],
+            "eps": {k: list(v) for k, v in (self.eps or {}).items()},
+            "n": self.n,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "checks": self.checks,
+            "task_options": {k: str(v) for k, v in self.task_options.items()},
+            "sections": list(self.sections),
+            **({"extra": self.extra} if self.extra else {}),
+        }

@@ -1,0 +1,1 @@
+"""Built-in tasks: the embedded ``digits`` task, CIFAR and ImageFolder."""

@@ -1,0 +1,1 @@
+"""Machine unlearning for classifiers (SalUn and baselines) and its metrics."""
