@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -141,7 +142,7 @@ class Attack(ABC):
             eps = eps_values[i]
             standing = correct.nonzero().flatten()
             if len(standing):
-                candidates = self.perturb(craft, x[standing], y[standing], eps, generator).detach().cpu()
+                candidates = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator)
                 if candidates.shape != x[standing].shape:
                     raise AttackValidityError(f"{self.name} returned shape {tuple(candidates.shape)} for {tuple(x[standing].shape)}")
                 best[standing] = project(x[standing], torch.nan_to_num(candidates, nan=0.0), eps, self.norm)
@@ -166,6 +167,21 @@ class Attack(ABC):
             details=self.details(),
             invalid=[invalid[i] for i in range(len(eps_values))],
         )
+
+    def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+        """``perturb``, halving the batch size on out-of-memory until it fits (or 1 fails)."""
+        while True:
+            state = generator.get_state()
+            try:
+                return self.perturb(model, x, y, eps, generator).detach().cpu()
+            except (torch.OutOfMemoryError, MemoryError) as exc:
+                if self.batch_size <= 1:
+                    raise UserError(f"{self.name}: out of memory even with batch size 1: {exc}") from None
+                self.batch_size = max(1, self.batch_size // 2)
+                generator.set_state(state)
+                warnings.warn(f"{self.name}: out of memory; retrying with batch size {self.batch_size}", RuntimeWarning, stacklevel=2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def details(self) -> dict[str, Any]:
         """Attack-specific extras for the report (e.g. accuracy after each component)."""

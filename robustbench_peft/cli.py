@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -90,6 +91,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--out", help="output directory (default: reports/runs/SUITE-TIMESTAMP)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -126,13 +128,23 @@ def build_suite(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import CHECKPOINT_DIR, CheckpointStore
     from .render import write_outputs
     from .runner import Runner
+    from .suite import Suite
 
-    suite = build_suite(args)
-    out = resolve_out_dir(args.out, suite.name, args.force)
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out DIR, the directory of the interrupted run")
+        out = Path(args.out)
+        suite = Suite.from_json(CheckpointStore(out).load_suite())
+    else:
+        suite = build_suite(args)
+        out = resolve_out_dir(args.out, suite.name, args.force)
+        if args.force:
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[robustbench_peft] {m}", file=sys.stderr))
-    report = Runner(suite, progress=not args.quiet, log=log, device=args.device).run()
+    report = Runner(suite, progress=not args.quiet, log=log, device=args.device, checkpoint_dir=str(out)).run()
     paths = write_outputs(report, out)
     print(report.summary())
     print(f"\nreport: {paths['report.json']}  (also report.md, report.html, plots)")

@@ -15,6 +15,7 @@ import torch
 
 from . import checks as checks_module
 from .attack import Attack, AttackResult, validate_eps
+from .checkpoint import CheckpointStore, chunk_seed, merge_results
 from .defense import Defense, FittedDefense
 from .errors import UserError
 from .models import load_target
@@ -118,8 +119,16 @@ def worst_case(results: list[AttackResult], clean_correct: torch.Tensor) -> dict
 class Runner:
     """Executes a suite; ``progress`` shows bars; ``log`` receives one-line status messages."""
 
-    def __init__(self, suite: Suite, progress: bool = True, log: Callable[[str], None] | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        suite: Suite,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+        device: str = "cpu",
+        checkpoint_dir: str | None = None,
+    ) -> None:
         self.suite = suite
+        self.store = CheckpointStore(checkpoint_dir)
         self.progress = progress
         self.log = log or (lambda message: None)
         self.device = device
@@ -156,11 +165,12 @@ class Runner:
             if prepared.attack.norm not in eps:
                 raise UserError(f"attack {prepared.spec.label()} uses {prepared.attack.norm} but no eps is set for it; pass --eps {prepared.attack.norm}:VALUES")
         defenses = [(spec, prepare_defense(spec, suite.seed)) for spec in suite.defenses]
+        self.store.save_suite(suite.to_json())
         runs = []
-        for model in suite.models:
+        for m, model in enumerate(suite.models):
             base = self.base_target(model, task)
-            for spec, defense in defenses:
-                runs.append(self.run_one(task, base, model, spec, defense, attacks, eps))
+            for d, (spec, defense) in enumerate(defenses):
+                runs.append(self.run_one(f"m{m}-d{d}", task, base, spec, defense, attacks, eps))
         sections = {}
         for name in suite.sections:
             self.log(f"section {name}")
@@ -173,7 +183,20 @@ class Runner:
             sections=sections,
         )
 
-    def run_one(self, task, base, model, spec, defense, attacks, eps) -> dict[str, Any]:
+    def run_attack(self, key: str, prepared: PreparedAttack, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: list[float], craft: ClassifierTarget | None) -> AttackResult:
+        """Run one attack over fixed chunks, each seeded by its index and checkpointed."""
+        attack, chunk = prepared.attack, self.suite.batch_size
+        chunks = []
+        for c, start in enumerate(range(0, len(y), chunk)):
+            result = self.store.load_chunk(f"{key}-c{c}")
+            if result is None:
+                attack.seed = chunk_seed(self.suite.seed if "seed" not in prepared.spec.options else int(prepared.spec.options["seed"]), c)
+                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft)
+                self.store.save_chunk(f"{key}-c{c}", result)
+            chunks.append(result)
+        return merge_results(chunks, seed=self.suite.seed)
+
+    def run_one(self, key, task, base, spec, defense, attacks, eps) -> dict[str, Any]:
         label = f"{base.name} / {spec.label()}"
         fitted: FittedDefense | None = None
         target = base
@@ -186,13 +209,13 @@ class Runner:
         checks = checks_module.run_pre_checks(target, x, y) if self.suite.checks else []
         results: list[AttackResult] = []
         records = []
-        for prepared in attacks:
+        for a, prepared in enumerate(attacks):
             if prepared.mode == "nonadaptive" and fitted is None:
                 continue  # without a defense, non-adaptive is the same attack as adaptive
             n_attack = min(len(y), prepared.n or len(y))
             self.log(f"{label}: {prepared.spec.label()} on {n_attack} samples")
             craft = fitted.base if (prepared.mode == "nonadaptive" and fitted is not None) else None
-            result = prepared.attack(target, x[:n_attack], y[:n_attack], eps[prepared.attack.norm], craft_target=craft)
+            result = self.run_attack(f"{key}-a{a}", prepared, target, x[:n_attack], y[:n_attack], eps[prepared.attack.norm], craft)
             results.append(result)
             records += [attack_record(result, i, n_attack) for i in range(len(result.eps))]
         worst = worst_case(results, clean_correct)

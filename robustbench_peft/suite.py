@@ -37,11 +37,31 @@ class Suite:
     def with_overrides(self, **changes: Any) -> "Suite":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Suite":
+        """Rebuild a suite from :meth:`to_json` (used by ``eval --resume``)."""
+        specs = lambda items: tuple(PluginSpec(i["name"], dict(i.get("options", {}))) for i in items)
+        return cls(
+            name=doc["name"],
+            task=doc["task"],
+            models=tuple(doc["models"]),
+            attacks=specs(doc["attacks"]),
+            defenses=specs(doc.get("defenses", [{"name": "none"}])),
+            eps={k: list(v) for k, v in doc["eps"].items()} or None,
+            n=doc.get("n"),
+            seed=int(doc["seed"]),
+            batch_size=int(doc.get("batch_size", 256)),
+            checks=bool(doc.get("checks", True)),
+            task_options=dict(doc.get("task_options", {})),
+            sections=tuple(doc.get("sections", ())),
+            extra=dict(doc.get("extra", {})),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "task": self.task,
-            "models": list(self.models),
+            "models": [m if isinstance(m, str) else f"module:{type(m).__name__}" for m in self.models],
             "defenses": [d.to_json() for d in self.defenses],
             "attacks": [a.to_json() for a in self.attacks],
             "eps": {k: list(v) for k, v in (self.eps or {}).items()},

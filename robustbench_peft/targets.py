@@ -107,6 +107,10 @@ class ClassifierTarget(nn.Module):
             )
         if not torch.isfinite(out).all():
             raise UnreliableModelError(f"{self.name}: model returned NaN or infinite outputs")
+        if len(out) > 1 and bool((out >= 0).all()) and bool((out <= 1).all()) and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4):
+            raise UnreliableModelError(
+                f"{self.name}: model returns probabilities (rows sum to 1); return logits instead, e.g. drop the final softmax"
+            )
 
     def weights_sha256(self) -> str:
         return state_dict_sha256(self.state_dict())

@@ -67,10 +67,17 @@ def test_checks_flag_gradient_masking(cnn):
     assert any("input_gradients_informative" in reason for reason in run["unreliable_reasons"])
 
 
-def test_checks_flag_probability_outputs(cnn):
-    run = run_with(ClassifierTarget(Probabilities(cnn.model), 10, (1, 8, 8), name="softmaxed"))
-    assert not by_name(run)["outputs_are_logits"]["passed"]
-    assert not run["reliable"]
+def test_probability_outputs_are_refused_and_flagged(cnn, digits):
+    import pytest
+
+    from robustbench_peft.checks import outputs_are_logits
+    from robustbench_peft.errors import UserError
+
+    softmaxed = ClassifierTarget(Probabilities(cnn.model), 10, (1, 8, 8), name="softmaxed")
+    with pytest.raises(UserError, match="probabilities"):
+        run_with(softmaxed)
+    assert not outputs_are_logits(softmaxed, digits.x_test, digits.y_test).passed
+    assert outputs_are_logits(cnn, digits.x_test, digits.y_test).passed
 
 
 class AlwaysDropout(nn.Module):
