@@ -28,11 +28,11 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
-from robustbench_peft.attack import Attack, AttackResult
+from robustbench_peft.attack import Attack, AttackResult, validate_eps
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_attack
 from robustbench_peft.targets import ClassifierTarget
@@ -50,6 +50,11 @@ LOGGER_NAME = "auto-attack"
 _PERTURBED = re.compile(r"^\s*(?P<component>[a-z-]+) - \d+/\d+ - (?:tensor\()?(?P<fooled>\d+)\)? out of (?P<total>\d+) successfully perturbed")
 _AFTER = re.compile(r"robust accuracy after (?P<component>[A-Za-z-]+): .*\(total time (?P<seconds>[\d.]+) s\)")
 _WARNING = re.compile(r"^\s*warning:?\s*", re.IGNORECASE)
+#: Library warnings that are false alarms for some component lists: message fragment -> "is a false alarm".
+#: (The library's class-count check warns about the targeted DLR loss whenever APGD-DLR runs on 3 classes.)
+FALSE_ALARMS: dict[str, Callable[[Sequence[str]], bool]] = {
+    "targeted DLR loss": lambda components: "apgd-t" not in components,
+}
 
 
 # -- few-class adjustments -------------------------------------------------------------
@@ -231,7 +236,7 @@ class AutoAttackAdapter(Attack):
         super().__init__(norm=norm, seed=seed, batch_size=batch_size, progress=progress)
         if version not in VERSIONS:
             raise UserError(f"unknown autoattack version {version!r}; use one of {', '.join(VERSIONS)}")
-        attacks = [str(a).strip().lower() for a in attacks]
+        attacks = [str(a).strip().lower() for a in (attacks.split("+") if isinstance(attacks, str) else attacks) if str(a).strip()]
         unknown = [a for a in attacks if a not in COMPONENTS]
         if unknown:
             raise UserError(f"unknown AutoAttack component(s) {', '.join(unknown)}; use {'+'.join(COMPONENTS)}")
@@ -257,7 +262,7 @@ class AutoAttackAdapter(Attack):
 
     def __call__(self, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *, craft_target: ClassifierTarget | None = None) -> AttackResult:
         """The base contract; also remembers how many samples and which eps the details cover."""
-        self._reset([float(e) for e in eps_list], len(x))
+        self._reset(validate_eps(eps_list), len(x))
         return super().__call__(target, x, y, eps_list, craft_target=craft_target)
 
     # -- components --------------------------------------------------------------------------
@@ -311,7 +316,10 @@ class AutoAttackAdapter(Attack):
             rows = []
             self._warnings.append(f"eps={eps:g}: could not read per-component counts from the library's messages; only the final accuracy is recorded")
         self._records[eps] = {"attacked": attacked, "robust": still, "components": rows}
-        self._warnings += [w for w in log.warnings if w not in self._warnings]
+        for warning in log.warnings:
+            false_alarm = any(fragment in warning and test(components) for fragment, test in FALSE_ALARMS.items())
+            if not false_alarm and warning not in self._warnings:
+                self._warnings.append(warning)
 
     # -- reports -----------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
