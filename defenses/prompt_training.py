@@ -42,7 +42,7 @@ class PromptRecipe:
     classwise: bool
     adversarial: bool
     border: int = 2
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9

@@ -14,6 +14,9 @@ Two targets:
   ``i`` scores ``log p^(i)_i``, the log-probability that prompt ``i`` gives its
   own class. The label never chooses the prompt: that would be an oracle.
 
+Attacks get straight-through gradients of the clip (BPDA): exact clip gradients
+are zero on saturated pixels and measurably weaken every gradient attack.
+
 Prompts are stored compactly (only the entries inside the mask) in safetensors
 files with a checksum sidecar; see :func:`save_prompts` / :func:`load_prompts`.
 """
@@ -55,6 +58,30 @@ def apply_prompt(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> to
     return (x + delta * mask.to(x.dtype)).clamp(0.0, 1.0)
 
 
+def apply_prompt_straight_through(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The same values as :func:`apply_prompt`; the backward pass treats the clip as the identity.
+
+    The exact gradient of the clip is zero on every saturated pixel (a dark
+    background pixel under a negative prompt entry), so gradient attacks cannot
+    move those pixels even where a small change would count: gradient masking.
+    Passing the gradient straight through the clip (BPDA, Athalye et al. 2018)
+    removes it without changing any prediction.
+    """
+    return _StraightThroughClip.apply(x + delta * mask.to(x.dtype))
+
+
+class _StraightThroughClip(torch.autograd.Function):
+    """Forward: clamp to [0,1] (bit-identical values); backward: identity."""
+
+    @staticmethod
+    def forward(ctx, raw: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return raw.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
 def pack(prompts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(P, C, H, W) prompts -> (P, C, K): only the K entries inside the mask are stored."""
     return prompts.flatten(2)[:, :, mask.flatten()].contiguous()
@@ -73,12 +100,14 @@ class PromptedClassifier(ClassifierTarget):
     """A frozen base classifier behind one shared border prompt (VP, U-AVP).
 
     The prompt and mask are buffers: the target has no trainable parameters and
-    its ``weights_sha256`` covers base weights and prompt together.
+    its ``weights_sha256`` covers base weights and prompt together. With
+    ``straight_through`` (the default) input gradients pass the [0,1] clip as
+    if it were the identity; outputs are identical either way.
     """
 
     kind = "shared"
 
-    def __init__(self, base: ClassifierTarget, prompts: torch.Tensor, border: int, name: str | None = None) -> None:
+    def __init__(self, base: ClassifierTarget, prompts: torch.Tensor, border: int, name: str | None = None, straight_through: bool = True) -> None:
         channels, height, width = base.input_shape
         if prompts.dim() != 4 or tuple(prompts.shape[1:]) != (channels, height, width):
             raise UserError(f"prompts must have shape (P, {channels}, {height}, {width}) for {base.name}, got {tuple(prompts.shape)}")
@@ -91,9 +120,10 @@ class PromptedClassifier(ClassifierTarget):
         )
         self.border = int(border)
         mask = border_mask(height, width, self.border)
-        self.register_buffer("mask", mask.view(1, 1, height, width).float())
+        self.register_buffer("mask", mask.view(1, 1, height, width).float().to(prompts.device))
         self.register_buffer("prompts", prompts.detach().float() * self.mask)
         self.n_prompts = len(prompts)
+        self.straight_through = bool(straight_through)
         self._check_prompt_count()
 
     @staticmethod
@@ -108,9 +138,13 @@ class PromptedClassifier(ClassifierTarget):
     def base(self) -> ClassifierTarget:
         return self.model  # type: ignore[return-value]
 
+    def apply(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``clip(x + delta * M, 0, 1)`` with this target's choice of clip gradient."""
+        return (apply_prompt_straight_through if self.straight_through else apply_prompt)(x, delta, self.mask)
+
     def prompted_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, P, C, H, W): every input under every prompt."""
-        return apply_prompt(x[:, None], self.prompts[None], self.mask)
+        return self.apply(x[:, None], self.prompts[None])
 
     def prompt_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, P, K): ``log softmax f(clip(x + delta_p * M))`` for every prompt p, in one batched pass."""
@@ -119,7 +153,7 @@ class PromptedClassifier(ClassifierTarget):
         return F.log_softmax(logits, dim=1).view(len(x), self.n_prompts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(apply_prompt(x, self.prompts[0], self.mask))
+        return self.base(self.apply(x, self.prompts[0]))
 
     def compact_values(self) -> torch.Tensor:
         """The stored representation: (P, C, K) entries inside the mask."""
@@ -154,10 +188,10 @@ class ClasswisePromptedClassifier(PromptedClassifier):
 TARGET_KINDS: dict[str, type[PromptedClassifier]] = {cls.kind: cls for cls in (PromptedClassifier, ClasswisePromptedClassifier)}
 
 
-def build_target(base: ClassifierTarget, kind: str, prompts: torch.Tensor, border: int, name: str | None = None) -> PromptedClassifier:
+def build_target(base: ClassifierTarget, kind: str, prompts: torch.Tensor, border: int, name: str | None = None, straight_through: bool = True) -> PromptedClassifier:
     if kind not in TARGET_KINDS:
         raise UserError(f"unknown prompt kind {kind!r}; expected one of {', '.join(TARGET_KINDS)}")
-    return TARGET_KINDS[kind](base, prompts, border, name=name)
+    return TARGET_KINDS[kind](base, prompts, border, name=name, straight_through=straight_through)
 
 
 # -- files ------------------------------------------------------------------------------
@@ -188,7 +222,7 @@ def save_prompts(path: str | os.PathLike, fitted: FittedDefense | PromptedClassi
     return path
 
 
-def load_prompts(path: str | os.PathLike, base: ClassifierTarget) -> PromptedClassifier:
+def load_prompts(path: str | os.PathLike, base: ClassifierTarget, straight_through: bool = True) -> PromptedClassifier:
     """Rebuild the prompted target saved by :func:`save_prompts` on top of ``base``.
 
     The file's checksum sidecar (when present) must match, and ``base`` must be
@@ -217,4 +251,4 @@ def load_prompts(path: str | os.PathLike, base: ClassifierTarget) -> PromptedCla
     mask = border_mask(base.input_shape[1], base.input_shape[2], border)
     if values.dim() != 3 or values.shape[1] != base.input_shape[0] or values.shape[2] != int(mask.sum()):
         raise UserError(f"prompt values in {path} have shape {tuple(values.shape)}, inconsistent with border {border} on {base.name}")
-    return build_target(base, metadata["kind"], unpack(values.float(), mask), border, name=metadata.get("name"))
+    return build_target(base, metadata["kind"], unpack(values.float(), mask), border, name=metadata.get("name"), straight_through=straight_through)

@@ -1,0 +1,290 @@
+"""Adversarial fine-tuning of a pre-trained classifier: full, linear probe, or a peft adapter.
+
+``advft`` fine-tunes a private copy of the base model with an adversarial
+objective (PGD-AT, TRADES, FGSM-RS; ``clean`` for the non-adversarial
+reference) on the task's training split. ``scope`` picks what is trained (see
+:mod:`defenses.scopes`); the cost reports the trainable parameters and the bytes
+that must be shipped on top of the public base (everything for ``full``, the
+head for ``linear``, the adapter plus head for peft scopes).
+
+The fitted defense keeps the untouched public base next to it, so the runner's
+``mode=nonadaptive`` attacks are the downstream-transfer threat: adversarial
+examples crafted on the public pre-trained weights, replayed on the fine-tuned model.
+
+Trained tensors are cached by a recipe that holds the base weights' sha256, the
+data and every hyper-parameter. ``save_adapter`` / ``load_adapter`` export them;
+peft scopes use peft's own format (``PeftModel.save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustbench_peft.atomic import write_json_atomic
+from robustbench_peft.cache import cached_tensors, state_dict_sha256
+from robustbench_peft.defense import Defense, DefenseCost, FittedDefense
+from robustbench_peft.errors import UserError
+from robustbench_peft.registry import register_defense
+from robustbench_peft.targets import ClassifierTarget
+from robustbench_peft.task import ClassificationTask
+from robustbench_peft.threat_model import check_norm
+
+from .objectives import OBJECTIVES, AdversarySettings, Objective
+from .scopes import SCOPES, Layout, ScopeSettings, find_layout, tensor_bytes
+
+#: Bump when the training code changes meaning, so cached adapters are not reused.
+ADVFT_VERSION = 1
+CACHE_KIND = "advft"
+#: Reserved cache key holding the original training time next to the trained tensors.
+FIT_SECONDS_KEY = "__advft__.fit_seconds"
+#: Written by save_adapter next to the weights: what load_adapter needs to rebuild the model.
+MANIFEST = "advft.json"
+#: Independent random streams derived from the one seed.
+ORDER_STREAM, ADVERSARY_STREAM = 0, 1
+
+
+class AdaptedTarget(ClassifierTarget):
+    """A fine-tuned target that remembers its scope and layout, so it can be saved as an adapter."""
+
+    scope: str = "full"
+    head_module: str | None = None
+    settings: ScopeSettings = ScopeSettings()
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.head_module, {})
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """``state_dict_sha256`` that also accepts 0-dim tensors (batch norm's ``num_batches_tracked``)."""
+    return state_dict_sha256({k: v.reshape(1) if v.dim() == 0 else v for k, v in state.items()})
+
+
+def stream(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1000 + index)
+
+
+def _wrap(base: ClassifierTarget, model: torch.nn.Module, scope: str, layout: Layout, settings: ScopeSettings) -> AdaptedTarget:
+    target = AdaptedTarget(
+        model,
+        n_classes=base.n_classes,
+        input_shape=base.input_shape,
+        preprocess=copy.deepcopy(base.preprocess),
+        name=base.name,
+        is_stochastic=base.is_stochastic,
+        differentiable=base.differentiable,
+        forward_passes=base.forward_passes,
+    )
+    target.scope, target.head_module, target.settings = scope, layout.head, settings
+    return target.to(base.device).eval()
+
+
+def train_epochs(
+    target: ClassifierTarget,
+    objective: Objective,
+    settings: AdversarySettings,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    train_mode: bool,
+) -> list[float]:
+    """Adam on the target's trainable weights; returns the loss of every step.
+
+    The data order and the adversary draw from separate seeded streams, so two
+    objectives that consume randomness differently still see the same batches.
+    A last batch of one sample is dropped (batch norm cannot train on it).
+    """
+    params = [p for p in target.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("advft: nothing to train (the scope left no trainable weights)")
+    optimizer = torch.optim.Adam(params, lr=lr)
+    order, adversary = stream(seed, ORDER_STREAM), stream(seed, ADVERSARY_STREAM)
+    device = target.device
+    losses: list[float] = []
+    target.train(train_mode)
+    try:
+        for _ in range(epochs):
+            permutation = torch.randperm(len(y), generator=order)
+            for start in range(0, len(y), batch_size):
+                idx = permutation[start : start + batch_size]
+                if len(idx) < 2:
+                    continue
+                loss = objective(target, x[idx].to(device), y[idx].to(device), settings, adversary)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+    finally:
+        target.eval()
+    return losses
+
+
+def _choice(value: str, options: dict, what: str) -> str:
+    if value not in options:
+        raise UserError(f"advft: unknown {what} {value!r}; use one of {', '.join(options)}")
+    return value
+
+
+@register_defense("advft")
+class AdversarialFineTune(Defense):
+    """Adversarial fine-tuning (PGD-AT, TRADES, FGSM-RS): full, linear probe, or LoRA / FourierFT / C3A adapters via peft."""
+
+    name = "advft"
+
+    def __init__(
+        self,
+        scope: str = "lora",
+        objective: str = "pgd-at",
+        eps: float = 0.1,
+        norm: str = "Linf",
+        steps: int = 5,
+        beta: float = 6.0,
+        epochs: int = 10,
+        lr: float = 0.0,
+        batch_size: int = 64,
+        rank: int = 4,
+        head: bool = True,
+        n_frequency: int = 1000,
+        scaling: float = 150.0,
+        block_size: int = 0,
+        n_train: int = 0,
+        cache: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed=seed)
+        self.scope = _choice(scope, SCOPES, "scope")
+        self.objective = _choice(objective, OBJECTIVES, "objective")
+        checks = {
+            "eps must be > 0": eps > 0,
+            "steps must be >= 1": steps >= 1,
+            "beta must be >= 0": beta >= 0,
+            "epochs must be >= 1": epochs >= 1,
+            "lr must be >= 0 (0 picks the scope's default)": lr >= 0,
+            "batch_size must be >= 2": batch_size >= 2,
+            "rank must be >= 1": rank >= 1,
+            "n_frequency must be >= 1": n_frequency >= 1,
+            "block_size must be >= 0 (0 picks the largest divisor of each layer)": block_size >= 0,
+            "n_train must be >= 0 (0 uses the whole training split)": n_train >= 0,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise UserError("advft: " + "; ".join(failed))
+        self.adversary = AdversarySettings(eps=float(eps), norm=check_norm(norm), steps=int(steps), beta=float(beta))
+        self.scope_settings = ScopeSettings(int(rank), bool(head), int(n_frequency), float(scaling), int(block_size), int(seed))
+        self.epochs, self.batch_size, self.n_train = int(epochs), int(batch_size), int(n_train)
+        self.lr = float(lr) or SCOPES[self.scope].default_lr
+        self.cache = bool(cache)
+        self.fit_info: dict[str, Any] = {}
+
+    def label(self) -> str:
+        return f"advft-{self.scope}-{self.objective}"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "objective": self.objective,
+            **asdict(self.adversary),
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            **{k: v for k, v in asdict(self.scope_settings).items() if k != "seed"},
+            "n_train": self.n_train,
+            "seed": self.seed,
+            **self.fit_info,
+        }
+
+    def recipe(self, base: ClassifierTarget, task: ClassificationTask, layout: Layout, adapted: list[str]) -> dict[str, Any]:
+        """Everything that determines the trained tensors (the cache key)."""
+        import peft
+
+        options = {k: v for k, v in self.config().items() if k not in self.fit_info}
+        return {
+            "defense": self.name,
+            "version": ADVFT_VERSION,
+            "base_sha256": weights_sha256(base.state_dict()),
+            "data": task.recipe(),
+            "adapted": adapted,
+            "head_module": layout.head,
+            "peft": peft.__version__,
+            **options,
+        }
+
+    def fit(self, base: ClassifierTarget, task: ClassificationTask) -> FittedDefense:
+        x, y = task.x_train, task.y_train
+        if self.n_train:
+            x, y = x[: self.n_train], y[: self.n_train]
+        base.check_input(x[:2])
+        scope = SCOPES[self.scope]
+        layout = find_layout(base.model, base.n_classes)
+        model = copy.deepcopy(base.model).requires_grad_(False)
+        attached = scope.attach(model, layout, self.scope_settings)
+        n_trainable = sum(p.numel() for p in attached.model.parameters() if p.requires_grad)
+        target = _wrap(base, attached.model, self.scope, layout, self.scope_settings)
+
+        def train() -> dict[str, torch.Tensor]:
+            start = time.perf_counter()
+            cuda = [target.device] if target.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self.seed)  # dropout and other global-RNG layers in training mode
+                train_epochs(target, OBJECTIVES[self.objective], self.adversary, x, y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, train_mode=scope.train_mode)
+            seconds = time.perf_counter() - start
+            return {**scope.shipped(target.model, layout), FIT_SECONDS_KEY: torch.tensor(seconds, dtype=torch.float64)}
+
+        recipe = self.recipe(base, task, layout, attached.adapted)
+        stored = cached_tensors(CACHE_KIND, recipe, train) if self.cache else train()
+        fit_seconds = float(stored.pop(FIT_SECONDS_KEY))
+        scope.restore(target.model, layout, {k: v.to(target.device) for k, v in stored.items()})
+        target.requires_grad_(False).eval()
+        self.fit_info = {"adapted_modules": attached.adapted, "head_module": layout.head, **({"note": attached.note} if attached.note else {})}
+        cost = DefenseCost(trainable_parameters=n_trainable, stored_bytes=tensor_bytes(stored), fit_seconds=round(fit_seconds, 3))
+        return FittedDefense(target=target, base=base, cost=cost, sha256=weights_sha256(stored))
+
+
+def save_adapter(fitted: FittedDefense, directory: str | Path) -> Path:
+    """Write what must be shipped: peft's adapter format for peft scopes, safetensors otherwise."""
+    target = fitted.target
+    if not isinstance(target, AdaptedTarget):
+        raise UserError("save_adapter needs a target fitted by advft")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    SCOPES[target.scope].save(target.model, target.layout, directory)
+    manifest = {
+        "format": ADVFT_VERSION,
+        "scope": target.scope,
+        "head_module": target.head_module,
+        "settings": asdict(target.settings),
+        "base_sha256": weights_sha256(fitted.base.state_dict()),
+        "base": fitted.base.name,
+    }
+    write_json_atomic(directory / MANIFEST, manifest)
+    return directory
+
+
+def load_adapter(base: ClassifierTarget, directory: str | Path) -> AdaptedTarget:
+    """Rebuild a fine-tuned target from ``base`` and a folder written by :func:`save_adapter`."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{directory} is not an advft adapter folder ({MANIFEST} unreadable: {exc}); write it with save_adapter") from None
+    scope_name = _choice(str(manifest.get("scope")), SCOPES, "scope")
+    if scope_name != "full" and manifest.get("base_sha256") != weights_sha256(base.state_dict()):
+        raise UserError(f"the adapter in {directory} was trained on other base weights ({manifest.get('base')}); load it onto that base model")
+    layout = find_layout(base.model, base.n_classes)
+    if layout.head != manifest.get("head_module"):
+        raise UserError(f"the adapter's head module {manifest.get('head_module')!r} is not this model's head {layout.head!r}")
+    settings = ScopeSettings(**manifest.get("settings", {}))
+    model = copy.deepcopy(base.model).requires_grad_(False)
+    loaded = SCOPES[scope_name].load(model, layout, settings, directory)
+    return _wrap(base, loaded, scope_name, layout, settings).requires_grad_(False)

@@ -1,0 +1,123 @@
+"""Training objectives of adversarial fine-tuning: clean CE, PGD-AT, TRADES and FGSM-RS.
+
+Each objective maps a batch to the loss whose gradient updates the trainable
+weights. Adversarial inputs are crafted in pixel space on the whole target
+(preprocessing included), in eval mode, with gradients taken w.r.t. the input
+only, so crafting never touches parameter gradients or batch-norm statistics.
+Random starts draw from an explicit generator: the same seed gives the same
+perturbations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_peft.threat_model import project, random_start
+
+#: Step size of the training PGD relative to eps / steps (the same rule as the pgd attack's default).
+PGD_REL_STEP = 2.5
+#: FGSM-RS step relative to eps (Wong et al. 2020, "fast is better than free").
+FGSM_RS_STEP = 1.25
+#: Scale of the Gaussian start of the TRADES inner maximisation (as in the reference implementation).
+TRADES_START_STD = 1e-3
+
+
+@dataclass(frozen=True)
+class AdversarySettings:
+    """The training adversary: threat model, budget and the TRADES weight."""
+
+    eps: float
+    norm: str = "Linf"
+    steps: int = 5
+    beta: float = 6.0
+
+
+@contextlib.contextmanager
+def crafting(model: nn.Module) -> Iterator[None]:
+    """Eval mode while adversarial inputs are crafted; the caller's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def ascent_step(grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
+    """The steepest-ascent step of length ``alpha`` in the threat model's norm."""
+    if norm == "Linf":
+        return alpha * grad.sign()
+    flat = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return alpha * grad / flat
+
+
+def _maximise(
+    model: nn.Module,
+    x: torch.Tensor,
+    start: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    settings: AdversarySettings,
+    steps: int,
+    alpha: float,
+) -> torch.Tensor:
+    """Projected gradient ascent of ``loss_fn(logits)`` from ``start`` inside the eps-ball of ``x``."""
+    x_adv = start.detach()
+    with crafting(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            grad = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)[0]
+            x_adv = project(x, x_adv.detach() + ascent_step(grad, alpha, settings.norm), settings.eps, settings.norm).detach()
+    return x_adv
+
+
+def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AdversarySettings, generator: torch.Generator) -> torch.Tensor:
+    """Plain cross-entropy fine-tuning: the non-adversarial reference."""
+    return F.cross_entropy(model(x), y)
+
+
+def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AdversarySettings, generator: torch.Generator) -> torch.Tensor:
+    """Madry et al.: CE on PGD examples (random start, ``steps`` steps of 2.5 eps / steps)."""
+    start = random_start(x, settings.eps, settings.norm, generator)
+    alpha = PGD_REL_STEP * settings.eps / settings.steps
+    x_adv = _maximise(model, x, start, lambda logits: F.cross_entropy(logits, y, reduction="sum"), settings, settings.steps, alpha)
+    return F.cross_entropy(model(x_adv), y)
+
+
+def kl_to_clean(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """KL(f(x) || f(x')) averaged over the batch (TRADES' robustness term)."""
+    return F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
+
+
+def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AdversarySettings, generator: torch.Generator) -> torch.Tensor:
+    """Zhang et al.: CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximises the KL."""
+    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    start = project(x, x + TRADES_START_STD * noise, settings.eps, settings.norm)
+    with crafting(model), torch.no_grad():
+        target_logits = model(x)
+    alpha = PGD_REL_STEP * settings.eps / settings.steps
+    x_adv = _maximise(model, x, start, lambda logits: kl_to_clean(target_logits, logits), settings, settings.steps, alpha)
+    logits = model(x)
+    return F.cross_entropy(logits, y) + settings.beta * kl_to_clean(logits, model(x_adv))
+
+
+def fgsm_rs_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AdversarySettings, generator: torch.Generator) -> torch.Tensor:
+    """Wong et al.: one signed step of 1.25 eps from a uniform random start (watch catastrophic overfitting)."""
+    start = random_start(x, settings.eps, settings.norm, generator)
+    x_adv = _maximise(model, x, start, lambda logits: F.cross_entropy(logits, y, reduction="sum"), settings, 1, FGSM_RS_STEP * settings.eps)
+    return F.cross_entropy(model(x_adv), y)
+
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, AdversarySettings, torch.Generator], torch.Tensor]
+
+OBJECTIVES: dict[str, Objective] = {
+    "clean": clean_loss,
+    "pgd-at": pgd_at_loss,
+    "trades": trades_loss,
+    "fgsm-rs": fgsm_rs_loss,
+}
