@@ -21,6 +21,26 @@ DEFAULT_RUNS_DIR = Path("reports") / "runs"
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
+#: Modules that contribute subcommands with :func:`subcommand` (imported when the parser is built).
+COMMAND_MODULES = (
+    "robustbench_peft.claims",
+    "robustbench_peft.leaderboard",
+    "robustbench_peft.submission",
+)
+
+
+def load_command_modules() -> None:
+    """Import the modules that register subcommands; a module not present is skipped."""
+    import importlib
+
+    for module in COMMAND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
 def subcommand(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
     def decorate(handler: Callable[[argparse.Namespace], int]):
         SUBCOMMANDS[name] = (help, add_arguments, handler)
@@ -172,6 +192,7 @@ def make_parser() -> argparse.ArgumentParser:
     eval_parser.set_defaults(handler=cmd_eval)
     list_parser = sub.add_parser("list", help="list registered tasks, models, attacks, defenses, unlearners, suites")
     list_parser.set_defaults(handler=cmd_list)
+    load_command_modules()
     for name, (help_text, add_arguments, handler) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         add_arguments(p)

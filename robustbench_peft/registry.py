@@ -25,6 +25,10 @@ BUILTIN_PLUGIN_MODULES = (
     "defenses.visual_prompt",
     "defenses.adversarial_finetune",
     "unlearning.section",
+    "unlearning.diffusion",
+    "tasks.t2i_concepts",
+    "attacks.unlearndiff",
+    "robustbench_peft.diffusion_section",
     "robustbench_peft.models.hub",
 )
 ENTRY_POINT_GROUP = "robustbench_peft.plugins"
