@@ -104,11 +104,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", action="append", help="attack NAME[:k=v,...] (repeatable), e.g. pgd:norm=L2,steps=50")
     p.add_argument("--defense", action="append", help="defense NAME[:k=v,...] (repeatable); 'none' for the bare model")
     p.add_argument("--eps", action="append", help="eps list: '0.1,0.2' for every threat model or 'L2:0.5,1' for one (repeatable)")
-    p.add_argument("--n", type=int, help="number of test examples (the first n, deterministic)")
+    p.add_argument("--n", "--num-examples", dest="n", type=int, help="number of test examples (the first n, deterministic); under torchrun spell it --num-examples")
     p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per attack batch")
     p.add_argument("--no-checks", action="store_true", help="skip the evaluation sanity checks")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun, cuda means each rank's local GPU)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory layout for attacked models (often faster convolutions on GPU)")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision for fitting defenses only; attacks always run in float32 (default: off)")
     p.add_argument("--out", help="output directory (default: reports/runs/SUITE-TIMESTAMP)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out from its checkpoints")
@@ -148,11 +150,15 @@ def build_suite(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from . import distributed
     from .checkpoint import CHECKPOINT_DIR, CheckpointStore
+    from .precision import set_fit_amp
     from .render import write_outputs
     from .runner import Runner
     from .suite import Suite
 
+    shard, device = distributed.setup(args.device)  # a process group only under torchrun
+    set_fit_amp(getattr(args, "amp", "off"))
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out DIR, the directory of the interrupted run")
@@ -160,11 +166,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         suite = Suite.from_json(CheckpointStore(out).load_suite())
     else:
         suite = build_suite(args)
-        out = resolve_out_dir(args.out, suite.name, args.force)
-        if args.force:
-            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    log = (lambda m: None) if args.quiet else (lambda m: print(f"[robustbench_peft] {m}", file=sys.stderr))
-    report = Runner(suite, progress=not args.quiet, log=log, device=args.device, checkpoint_dir=str(out)).run()
+
+        def fresh_out_dir() -> Path:
+            path = resolve_out_dir(args.out, suite.name, args.force)
+            if args.force:
+                shutil.rmtree(path / CHECKPOINT_DIR, ignore_errors=True)
+            return path
+
+        out = distributed.on_main(fresh_out_dir)  # decided once, shared by every rank
+    quiet = args.quiet or not shard.is_main
+    log = (lambda m: None) if quiet else (lambda m: print(f"[robustbench_peft] {m}", file=sys.stderr))
+    runner = Runner(suite, progress=not quiet, log=log, device=device, checkpoint_dir=str(out))
+    runner.channels_last = bool(getattr(args, "channels_last", False))
+    report = runner.run()
+    if not shard.is_main:
+        return 0  # rank 0 writes the one report
     paths = write_outputs(report, out)
     print(report.summary())
     print(f"\nreport: {paths['report.json']}  (also report.md, report.html, plots)")

@@ -119,6 +119,9 @@ def worst_case(results: list[AttackResult], clean_correct: torch.Tensor) -> dict
 class Runner:
     """Executes a suite; ``progress`` shows bars; ``log`` receives one-line status messages."""
 
+    #: Convert attacked targets to channels_last memory layout (faster convolutions on some devices).
+    channels_last: bool = False
+
     def __init__(
         self,
         suite: Suite,
@@ -184,17 +187,31 @@ class Runner:
         )
 
     def run_attack(self, key: str, prepared: PreparedAttack, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: list[float], craft: ClassifierTarget | None) -> AttackResult:
-        """Run one attack over fixed chunks, each seeded by its index and checkpointed."""
+        """Run one attack over fixed chunks, each seeded by its index and checkpointed.
+
+        Under torch.distributed each rank computes its own chunks (see
+        :mod:`.distributed`) and every rank gets all of them back in chunk order."""
+        from dataclasses import replace
+
+        from . import distributed
+        from .precision import memory_format
+
         attack, chunk = prepared.attack, self.suite.batch_size
-        chunks = []
-        for c, start in enumerate(range(0, len(y), chunk)):
+        shard = distributed.current()
+        target = memory_format(target, self.channels_last)
+        craft = memory_format(craft, self.channels_last) if craft is not None else None
+        chunks: dict[int, AttackResult] = {}
+        starts = range(0, len(y), chunk)
+        for c, start in enumerate(starts):
+            if not shard.owns(c):
+                continue
             result = self.store.load_chunk(f"{key}-c{c}")
             if result is None:
                 attack.seed = chunk_seed(self.suite.seed if "seed" not in prepared.spec.options else int(prepared.spec.options["seed"]), c)
                 result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft)
                 self.store.save_chunk(f"{key}-c{c}", result)
-            chunks.append(result)
-        return merge_results(chunks, seed=self.suite.seed)
+            chunks[c] = result
+        return merge_results(distributed.gather_chunks(chunks, len(starts), strip=lambda r: replace(r, x_adv=[])), seed=self.suite.seed)
 
     def run_one(self, key, task, base, spec, defense, attacks, eps) -> dict[str, Any]:
         label = f"{base.name} / {spec.label()}"

@@ -1,0 +1,76 @@
+"""Memory layout and numeric precision: speed options that never change what is attacked.
+
+Evaluation attacks run in full float32 precision: a half-precision gradient can
+vanish or saturate and make a model look more robust than it is. Mixed precision
+is offered only for *fitting* defenses and adaptations, where it is an ordinary
+training speed-up, and only when asked for (``eval --amp``). ``channels_last``
+changes how convolution weights are laid out in memory, not their values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, TypeVar
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+M = TypeVar("M", bound=nn.Module)
+
+#: ``--amp`` choices: name -> autocast dtype (None = full precision).
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+_fit_amp = "off"
+
+
+def memory_format(module: M, channels_last: bool) -> M:
+    """The module with 4-D weights in channels_last layout when asked (in place; a no-op otherwise)."""
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def set_fit_amp(name: str) -> None:
+    """Choose the precision of defense fitting for this process: off, bf16 or fp16."""
+    global _fit_amp
+    if name not in AMP_DTYPES:
+        raise UserError(f"unknown --amp {name!r}; use one of {', '.join(AMP_DTYPES)}")
+    _fit_amp = name
+
+
+def fit_amp() -> str:
+    """The precision chosen for fitting ("off" unless ``--amp`` asked otherwise)."""
+    return _fit_amp
+
+
+@contextlib.contextmanager
+def fit_autocast(device: torch.device | str) -> Iterator[None]:
+    """Autocast around the forward pass and loss of one *training* step of a defense.
+
+    Full precision unless ``--amp`` chose a dtype. fp16 on CPU is refused (CPU
+    autocast supports bfloat16); use bf16 there.
+    """
+    dtype = AMP_DTYPES[_fit_amp]
+    if dtype is None:
+        yield
+        return
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype is torch.float16:
+        raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    with torch.autocast(device_type=kind, dtype=dtype):
+        yield
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str) -> Iterator[None]:
+    """Switch autocast off, e.g. around the evaluation of a fitted defense."""
+    with torch.autocast(device_type=torch.device(device).type, enabled=False):
+        yield
+
+
+def grad_scaler(device: torch.device | str) -> "torch.amp.GradScaler":
+    """A loss scaler for fitting: active only for fp16 on CUDA (bf16 needs none)."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind, enabled=_fit_amp == "fp16" and kind == "cuda")
