@@ -1,0 +1,219 @@
+"""The ``diffusion`` report section and suite: concept unlearning of text-to-image models under prompt attacks.
+
+For the task's model, every unlearner erases the task's concept; every attack
+then tries the task's prompts on each unlearned model. Per (model, unlearner,
+attack) the section reports pre-ASR (plain prompts), ASR (pre-ASR included, as
+UnlearnDiff reports it), seconds per attacked prompt and accuracy on the kept
+concepts, plus an image grid (original / unlearned / attacked) in the HTML.
+Settings come from ``suite.extra["diffusion"]`` over :data:`PRESETS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from typing import Any
+
+import torch
+
+from .errors import UserError
+from .options import build, parse_plugin_spec
+from .registry import ATTACKS, TASKS, UNLEARNERS, load_plugins, register_suite
+from .render import SECTION_PLOTS, SECTION_TABLES
+from .runner import Runner, register_section
+from .suite import Suite
+from .t2i.attack_base import PromptResult
+from .t2i.evaluate import attack_all, judged_rate, summarize
+from .t2i.target import torch_threads
+
+SECTION = "diffusion"
+PRE_ATTACK = "no_attack"
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": {
+        "task": "digits-t2i",
+        "task_options": {"forget_digit": 3, "n_attack": 12, "n_kept": 8},
+        "unlearners": ["esd", "salun-dm"],
+        "attacks": ["unlearndiff", "random_tokens"],
+        "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
+        "threads": 1,  # one thread: several times faster than two on a shared 2-core machine
+        "seed": None,  # None: the suite's seed
+    },
+}
+DEFAULT_PRESET = "digits"
+
+
+def section_config(suite: Suite) -> dict[str, Any]:
+    extra = dict(suite.extra.get(SECTION) or {})
+    preset = extra.pop("preset", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise UserError(f"diffusion: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    unknown = sorted(set(extra) - set(PRESETS[preset]))
+    if unknown:
+        raise UserError(f"diffusion: unknown setting(s) {', '.join(unknown)}; valid: preset, {', '.join(PRESETS[preset])}")
+    config = {**PRESETS[preset], **extra, "preset": preset}
+    config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
+    return config
+
+
+def make_plugin(registry, text: str, seed: int, threads: int | None = None) -> Any:
+    spec = parse_plugin_spec(text)
+    options = {"seed": seed, **({"threads": threads} if threads is not None else {}), **spec.options}
+    return build(registry.get(spec.name).factory, options, owner=f"{registry.kind} {spec.name}")
+
+
+def png_data_uri(image: torch.Tensor, scale: int = 8) -> str:
+    """A [0,1] CHW image as an upscaled PNG data URI (the HTML report stays one self-contained file)."""
+    from PIL import Image
+
+    x = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def grid_html(task_description: str, grids: list[dict[str, Any]]) -> str:
+    """Per unlearned model: original / unlearned / attacked image of the first attacked prompts."""
+    parts = [f"<h2>Diffusion: original / unlearned / attacked</h2><p>{html.escape(task_description)}</p>"]
+    for g in grids:
+        parts.append(f"<h3>{html.escape(g['unlearner'])} &mdash; attack {html.escape(g['attack'])}</h3><table><tr><th></th>")
+        parts += [f"<th>seed {c['seed']}</th>" for c in g["cells"]] + ["</tr>"]
+        for row, key in (("original", "original"), ("unlearned", "unlearned"), ("attacked", "attacked")):
+            parts.append(f"<tr><th>{row}</th>")
+            for c in g["cells"]:
+                caption = ""
+                if key == "attacked":
+                    mark = "success" if c["success"] else "failed"
+                    caption = f"<br><small>{html.escape(c['adv_prompt'])} ({mark})</small>"
+                parts.append(f"<td><img src=\"{c[key]}\" alt=\"{row}\">{caption}</td>")
+            parts.append("</tr>")
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def model_rows(name: str, unlearner: str, unlearn_seconds: float, cached: bool, kept: float | None,
+               pre: list[PromptResult], attacks: dict[str, list[PromptResult]]) -> list[dict[str, Any]]:
+    pre_asr = summarize(pre)["asr"]
+    rows = []
+    for attack, results in {PRE_ATTACK: pre, **attacks}.items():
+        s = summarize(results)
+        rows.append({"model": name, "unlearner": unlearner, "attack": attack, "pre_asr": pre_asr, "asr": s["asr"],
+                     "seconds_per_prompt": round(s["seconds_per_prompt"], 3), "mean_steps": round(s["mean_steps"], 2),
+                     "n_prompts": s["n"], "n_attacked": s["n_attacked"], "kept_accuracy": kept,
+                     "unlearn_seconds": round(unlearn_seconds, 2), "unlearn_cached": cached,
+                     "prompts": [r.to_json() for r in results]})
+    return rows
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    pct = lambda v: "  -  " if v is None else f"{100 * v:5.1f}"
+    lines = ["unlearner   attack          pre-ASR%  ASR%  kept-acc%  s/prompt"]
+    for r in rows:
+        lines.append(f"{r['unlearner'][:11]:<11} {r['attack'][:15]:<15} {pct(r['pre_asr'])}  {pct(r['asr'])}  "
+                     f"{pct(r['kept_accuracy'])}     {r['seconds_per_prompt']:.2f}")
+    return lines
+
+
+@register_section(SECTION)
+def run_diffusion_section(suite: Suite, runner: Runner) -> dict[str, Any]:
+    """Unlearn the task's concept with every unlearner, attack each result, measure kept concepts."""
+    load_plugins()
+    config = section_config(suite)
+    seed, log = config["seed"], runner.log
+    start = time.perf_counter()
+    task = build(TASKS.get(config["task"]).factory, dict(config["task_options"]), owner=f"task {config['task']}")
+    if not hasattr(task, "attacked"):
+        raise UserError(f"diffusion: task {config['task']!r} is not a text-to-image task")
+    with torch_threads(int(config["threads"])):
+        target = task.load_model()
+        judge = task.make_judge()
+        attacks = {a: make_plugin(ATTACKS, a, seed) for a in config["attacks"]}
+        no_attack = make_plugin(ATTACKS, PRE_ATTACK, seed)
+        log(f"diffusion: {task.description}; judging the original model")
+        kept0, _ = judged_rate(target, task.kept, judge)
+        pre0 = [no_attack.run(target, it, judge) for it in task.attacked]
+        references = torch.stack([r.image for r in pre0])
+        rows = model_rows(target.name, "none (original)", 0.0, True, kept0, pre0, {})
+        grids = []
+        for spec in config["unlearners"]:
+            unlearner = make_plugin(UNLEARNERS, spec, seed, threads=int(config["threads"]))
+            result = unlearner.unlearn(target, task.forget_request(), log)
+            model = result.target
+            log(f"diffusion: {spec} ({'cached' if result.cached else f'{result.seconds:.0f} s'}); judging and attacking")
+            kept, _ = judged_rate(model, task.kept, judge)
+            pre = [no_attack.run(model, it, judge) for it in task.attacked]
+            found = {name: attack_all(a, name, model, task.attacked, judge, references, pre, log) for name, a in attacks.items()}
+            rows += model_rows(target.name, spec, result.seconds, result.cached, kept, pre, found)
+            shown = next(iter(found), None)
+            if shown is not None and config["grid"] > 0:
+                grids.append({"unlearner": spec, "attack": shown, "cells": [
+                    {"seed": it.seed, "original": png_data_uri(references[i]), "unlearned": png_data_uri(pre[i].image),
+                     "attacked": png_data_uri(found[shown][i].image), "adv_prompt": found[shown][i].adv_prompt,
+                     "success": found[shown][i].success}
+                    for i, it in enumerate(task.attacked[: int(config["grid"])])]})
+    return {
+        "task": task.name,
+        "description": task.description,
+        "model": target.name,
+        "judge": getattr(judge, "name", type(judge).__name__),
+        "config": config,
+        "metrics": "fractions in [0,1]: pre_asr = plain prompts judged to show the erased concept; asr = after the attack "
+        "(pre-ASR included); kept_accuracy = kept-concept prompts judged as their concept; seconds per attacked prompt",
+        "rows": rows,
+        "seconds": round(time.perf_counter() - start, 1),
+        "summary": [task.description] + summary_lines(rows),
+        "html": grid_html(task.description, grids),
+    }
+
+
+def section_tables(section: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    pct = lambda v: "" if v is None else f"{100 * v:.1f}"
+    header = ["model", "unlearner", "attack", "pre-ASR %", "ASR %", "kept-concept acc %", "s / prompt", "unlearn s"]
+    rows = [[r["model"], r["unlearner"], r["attack"], pct(r["pre_asr"]), pct(r["asr"]), pct(r["kept_accuracy"]),
+             f"{r['seconds_per_prompt']:.2f}", f"{r['unlearn_seconds']:.1f}"] for r in section.get("rows", [])]
+    return [(f"Diffusion: {section.get('description', '')}", header, rows)]
+
+
+def section_plot(report) -> bytes | None:
+    """Pre-ASR and ASR bars per (unlearner, attack)."""
+    section = report.sections.get(SECTION) or {}
+    rows = [r for r in section.get("rows", []) if r["attack"] != PRE_ATTACK]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['unlearner']}\n{r['attack']}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6))
+    ax.bar([x - 0.2 for x in xs], [100 * r["pre_asr"] for r in rows], 0.4, label="pre-ASR")
+    ax.bar([x + 0.2 for x in xs], [100 * r["asr"] for r in rows], 0.4, label="ASR")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(section.get("description", "diffusion"), fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+SECTION_TABLES[SECTION] = section_tables
+SECTION_PLOTS[SECTION] = section_plot
+
+
+@register_suite("diffusion")
+def diffusion_suite() -> Suite:
+    """Concept unlearning on the embedded digits text-to-image model: ESD, SalUn-DM vs UnlearnDiff and random tokens."""
+    return Suite(name="diffusion", task="digits", models=(), attacks=(), sections=(SECTION,),
+                 extra={SECTION: {"preset": DEFAULT_PRESET}},
+                 description="digits text-to-image: pre-ASR, UnlearnDiff ASR, random-token ASR, kept-digit accuracy")

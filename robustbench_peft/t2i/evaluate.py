@@ -1,0 +1,63 @@
+"""Measure a text-to-image target on a concept task: kept-concept accuracy and attacks per prompt.
+
+ASR follows UnlearnDiff's convention: a prompt the plain generation already
+breaks counts as a success of every attack (pre-ASR is included in ASR) and is
+not attacked again; pre-ASR is always reported next to it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from .attack_base import PromptItem, PromptResult, T2IAttack
+from .target import TextToImageTarget
+
+
+def judged_rate(target: TextToImageTarget, items: list[PromptItem], judge, batch_size: int = 100) -> tuple[float | None, torch.Tensor]:
+    """Share of items whose generation the judge finds its concept in (None without items), and the images."""
+    if not items:
+        return None, torch.empty(0)
+    hits, images = [], []
+    groups: dict[float | None, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it.guidance, []).append(i)
+    out = [None] * len(items)
+    for guidance, idx in groups.items():
+        for start in range(0, len(idx), batch_size):
+            chunk = [items[i] for i in idx[start:start + batch_size]]
+            imgs = target.generate([c.prompt for c in chunk], [c.seed for c in chunk], guidance=guidance)
+            for c, j, im in zip(chunk, idx[start:start + batch_size], imgs):
+                out[j] = (bool(judge.present(im[None], c.concept)[0]), im)
+    hits = [o[0] for o in out]
+    images = torch.stack([o[1] for o in out])
+    return sum(hits) / len(hits), images
+
+
+def attack_all(attack: T2IAttack, name: str, target: TextToImageTarget, items: list[PromptItem], judge,
+               references: torch.Tensor | None, pre: list[PromptResult] | None, log: Callable[[str], None]) -> list[PromptResult]:
+    """Run ``attack`` on every item; items the plain prompt already breaks are counted, not re-attacked."""
+    results = []
+    for i, item in enumerate(items):
+        if pre is not None and pre[i].success:
+            p = pre[i]
+            results.append(PromptResult(p.prompt, p.seed, True, p.adv_prompt, 0, 0.0, p.image, {"pre_success": True}))
+            continue
+        ref = references[i] if references is not None else None
+        results.append(attack.run(target, item, judge, ref))
+    done = sum(r.success for r in results)
+    log(f"  {name}: {done}/{len(items)} successful")
+    return results
+
+
+def summarize(results: list[PromptResult]) -> dict[str, Any]:
+    attacked = [r for r in results if not r.details.get("pre_success")]
+    return {
+        "asr": sum(r.success for r in results) / len(results) if results else None,
+        "n": len(results),
+        "n_attacked": len(attacked),
+        "seconds_per_prompt": (sum(r.seconds for r in attacked) / len(attacked)) if attacked else 0.0,
+        "mean_steps": (sum(r.steps for r in attacked) / len(attacked)) if attacked else 0.0,
+    }

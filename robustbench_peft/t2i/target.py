@@ -1,0 +1,188 @@
+"""The text-to-image target: everything a diffusion attack or unlearner may see.
+
+One class serves both the embedded pixel-space ``digits`` model (no VAE) and
+Stable Diffusion (latent space, VAE). Attacks work through ``encode`` /
+``encode_embeds`` (ids or soft token embeddings in), ``image_to_x0``,
+``add_noise``, ``denoise`` and ``generate``; they never touch a pipeline object.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextToImageTarget:
+    """A text-conditioned noise predictor with its tokenizer, text encoder and sampler."""
+
+    name: str
+    tokenizer: Any
+    text_encoder: nn.Module
+    unet: nn.Module
+    scheduler: Any  # a diffusers scheduler carrying the training noise schedule
+    vae: nn.Module | None = None
+    image_size: int = 8
+    image_channels: int = 1
+    default_guidance: float = 1.5
+    default_steps: int = 25
+    max_length: int = 16
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.eval()
+                module.requires_grad_(False)
+
+    # ------------------------------------------------------------------ text
+    @property
+    def vocab_size(self) -> int:
+        return int(self.token_embedding.weight.shape[0])
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.text_encoder.get_input_embeddings()
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Token ids an adversarial search must never pick (start, end, padding, unknown)."""
+        ids = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+               getattr(self.tokenizer, "unk_token_id", None)}
+        return {int(i) for i in ids if i is not None}
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt strings -> padded id tensor (B, max_length) starting with the start token."""
+        out = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return out["input_ids"]
+
+    def decode(self, ids: torch.Tensor) -> str:
+        """One id row -> prompt text without special tokens."""
+        keep = [int(i) for i in ids.tolist() if int(i) not in self.special_ids]
+        return self.tokenizer.decode(keep, skip_special_tokens=True).strip()
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> the text condition (B, L, D) the UNet attends to."""
+        return self.text_encoder(input_ids=ids).last_hidden_state
+
+    def encode_embeds(self, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`encode`, but with the token embeddings replaced by ``embeds`` (B, L, D).
+
+        ``ids`` still fixes the causal layout and the end-of-text position; the
+        replacement goes through a forward hook on the embedding table, so the
+        differentiable path is the text encoder's own code.
+        """
+        hook = self.token_embedding.register_forward_hook(lambda _m, _i, _o: embeds)
+        try:
+            return self.text_encoder(input_ids=ids).last_hidden_state
+        finally:
+            hook.remove()
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.encode(self.tokenize(prompts))
+
+    # ----------------------------------------------------------------- image
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def image_to_x0(self, images: torch.Tensor) -> torch.Tensor:
+        """[0,1] NCHW images -> the clean sample the UNet denoises (pixels or VAE latents)."""
+        x = images * 2 - 1
+        if self.vae is None:
+            return x
+        with torch.no_grad():
+            latent = self.vae.encode(x).latent_dist.mean
+        return latent * self.vae.config.scaling_factor
+
+    def x0_to_image(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.vae is not None:
+            x0 = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
+        return ((x0 + 1) / 2).clamp(0, 1)
+
+    def sample_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return (int(cfg.in_channels), int(size), int(size))
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.add_noise(x0, noise, t)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise prediction eps(x_t, t, cond)."""
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        return self.unet(x_t, t, encoder_hidden_states=cond).sample
+
+    # -------------------------------------------------------------- sampling
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """One seeded starting sample per seed: the same seed gives the same image."""
+        shape = self.sample_shape()
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    @torch.no_grad()
+    def generate_from_cond(self, cond: torch.Tensor, seeds: Sequence[int], guidance: float | None = None,
+                           steps: int | None = None) -> torch.Tensor:
+        """Deterministic DDIM sampling (eta 0) with classifier-free guidance against the empty prompt."""
+        from diffusers import DDIMScheduler
+
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        steps = self.default_steps if steps is None else int(steps)
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(steps)
+        x = self.initial_noise(seeds) * sampler.init_noise_sigma
+        uncond = self.encode_prompts([""]).expand(cond.shape[0], -1, -1)
+        for t in sampler.timesteps:
+            eps_c = self.denoise(x, t, cond)
+            if guidance != 1.0:
+                eps_u = self.denoise(x, t, uncond)
+                eps_c = eps_u + guidance * (eps_c - eps_u)
+            x = sampler.step(eps_c, t, x).prev_sample
+        return self.x0_to_image(x)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str] | str, seeds: Sequence[int] | int, guidance: float | None = None,
+                 steps: int | None = None, batch_size: int = 100) -> torch.Tensor:
+        """Images in [0,1] for prompts (one per seed; a single prompt is repeated)."""
+        seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+        prompts = [prompts] * len(seeds) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        out = []
+        for i in range(0, len(seeds), batch_size):
+            cond = self.encode_prompts(prompts[i:i + batch_size])
+            out.append(self.generate_from_cond(cond, seeds[i:i + batch_size], guidance, steps))
+        return torch.cat(out)
+
+    # ----------------------------------------------------------------- copies
+    def with_unet(self, unet: nn.Module, name: str | None = None, **meta: Any) -> "TextToImageTarget":
+        """The same target with another UNet (an unlearned one); text side and sampler shared."""
+        return TextToImageTarget(name=name or self.name, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                                 unet=unet, scheduler=self.scheduler, vae=self.vae, image_size=self.image_size,
+                                 image_channels=self.image_channels, default_guidance=self.default_guidance,
+                                 default_steps=self.default_steps, max_length=self.max_length,
+                                 meta={**self.meta, **meta})
+
+    def trainable_unet_copy(self) -> nn.Module:
+        """A deep copy of the UNet with gradients on, for an unlearner to fine-tune."""
+        unet = copy.deepcopy(self.unet)
+        unet.requires_grad_(True)
+        unet.train()
+        return unet
+
+
+@contextmanager
+def torch_threads(n: int = 2) -> Iterator[None]:
+    """Run a block with ``n`` intra-op threads (this machine's cores), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,97 @@
+"""The contract of text-to-image unlearners: ``unlearn(target, request) -> T2IUnlearnResult``.
+
+The base class owns what makes methods comparable: it fine-tunes a copy of the
+UNet (text encoder, VAE and the original stay untouched), times the update, and
+caches the new UNet's weights by a recipe hash of the method's options, the
+forget request and the base model's identity.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..cache import cached_tensors, recipe_hash, state_dict_sha256
+from .target import TextToImageTarget
+
+T2I_UNLEARNING_VERSION = 1
+CACHE_KIND = "t2i-unlearning"
+
+
+@dataclass
+class ForgetRequest:
+    """What to erase and what to keep.
+
+    ``forget_prompt`` names the concept; ``forget_images`` (optional, [0,1])
+    show it; ``retain_images`` with ``retain_prompts`` (one per image) are
+    kept concepts; ``pseudo_prompts`` are other concepts a forgotten prompt
+    may be mapped to. ``identity`` fixes the data for the cache key.
+    """
+
+    forget_prompt: str
+    pseudo_prompts: list[str]
+    forget_images: torch.Tensor | None = None
+    retain_images: torch.Tensor | None = None
+    retain_prompts: list[str] | None = None
+    identity: dict = field(default_factory=dict)
+
+    def key(self) -> dict[str, Any]:
+        return {"forget": self.forget_prompt, "pseudo": list(self.pseudo_prompts), "data": self.identity}
+
+
+@dataclass
+class T2IUnlearnResult:
+    target: TextToImageTarget
+    seconds: float
+    method: str
+    config: dict[str, Any]
+    cached: bool
+    sha256: str
+
+
+def base_identity(target: TextToImageTarget) -> str:
+    """What identifies the base model for caching: its folder/model id, else the UNet's weights hash."""
+    ident = target.meta.get("identity")
+    return str(ident) if ident else state_dict_sha256(target.unet.state_dict())
+
+
+class T2IUnlearner:
+    """Base: subclasses implement :meth:`update` on a trainable UNet copy."""
+
+    method = "t2i-unlearner"
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def update(self, target: TextToImageTarget, unet: torch.nn.Module, request: ForgetRequest) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def unlearn(self, target: TextToImageTarget, request: ForgetRequest, log: Callable[[str], None] = lambda s: None) -> T2IUnlearnResult:
+        recipe = {"method": self.method, "config": self.config(), "request": request.key(), "base": base_identity(target),
+                  "version": T2I_UNLEARNING_VERSION}
+        seconds: list[float] = []
+
+        def build() -> dict[str, torch.Tensor]:
+            log(f"unlearning {request.forget_prompt!r} with {self.method} (cached by recipe {recipe_hash(recipe)})")
+            start = time.perf_counter()
+            unet = self.update(target, target.trainable_unet_copy(), request)
+            seconds.append(time.perf_counter() - start)
+            state = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+            state["__seconds__"] = torch.tensor([seconds[-1]], dtype=torch.float64)
+            return state
+
+        state = dict(cached_tensors(CACHE_KIND, recipe, build))
+        elapsed = float(state.pop("__seconds__")[0])
+        unet = type(target.unet).from_config(target.unet.config)
+        unet.load_state_dict(state)
+        new = target.with_unet(unet, name=f"{target.name}+{self.method}", identity=f"{base_identity(target)}+{recipe_hash(recipe)}")
+        return T2IUnlearnResult(new, elapsed, self.method, self.config(), cached=not seconds, sha256=state_dict_sha256(state))
+
+
+def seeded_batches(n: int, batch: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """``steps`` index batches drawn with replacement from ``range(n)``."""
+    return [torch.randint(n, (batch,), generator=gen) for _ in range(steps)]

@@ -1,0 +1,173 @@
+"""Concept unlearning for text-to-image targets: ESD and SalUn's diffusion form (``salun-dm``).
+
+Registered as unlearners ``esd`` and ``salun-dm`` (the name ``salun`` belongs to
+the classifier method). Both fine-tune only the UNet.
+
+* ESD (Gandikota et al.): the UNet under the erased prompt c is trained to
+  follow the frozen original's negatively guided prediction
+  eps0(x_t) - eta (eps0(x_t, c) - eps0(x_t)); x_t are noised samples the frozen
+  model generates for c, so no data is needed. ``params`` picks ESD-u
+  (``noxattn``: everything but cross-attention), ESD-x (``xattn``) or ``all``.
+* SalUn-DM (Fan et al.): a saliency mask keeps the top ``fraction`` of UNet
+  weights by the magnitude of the forget set's denoising-loss gradient; only
+  those weights move. The forget loss pulls the prediction under the forgotten
+  prompt to the (detached) prediction under a pseudo prompt (another concept),
+  plus ``alpha`` times the usual denoising loss on the retain set. Masked-out
+  weights are restored after every step, so they stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from robustbench_peft.errors import UserError
+from robustbench_peft.registry import register_unlearner
+from robustbench_peft.t2i.target import TextToImageTarget
+from robustbench_peft.t2i.unlearn_base import ForgetRequest, T2IUnlearner, seeded_batches
+
+ESD_PARAM_SETS = ("noxattn", "xattn", "all")
+
+
+def select_parameters(unet: nn.Module, which: str) -> list[nn.Parameter]:
+    """ESD's parameter sets: cross-attention modules are diffusers' ``attn2``."""
+    if which not in ESD_PARAM_SETS:
+        raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {which!r}")
+    chosen = []
+    for name, p in unet.named_parameters():
+        cross = ".attn2." in name
+        keep = which == "all" or (which == "xattn" and cross) or (which == "noxattn" and not cross)
+        p.requires_grad_(keep)
+        if keep:
+            chosen.append(p)
+    if not chosen:
+        raise UserError(f"esd: the UNet has no parameters in set {which!r}")
+    return chosen
+
+
+def noised(target: TextToImageTarget, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, noise) for clean samples x0, with seeded noise and uniform timesteps."""
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(target.num_train_timesteps, (x0.shape[0],), generator=gen)
+    return target.add_noise(x0, noise, t), t, noise
+
+
+@register_unlearner("esd")
+class ESD(T2IUnlearner):
+    """ESD: fine-tune the UNet to follow the frozen model's negative guidance away from the erased prompt."""
+
+    method = "esd"
+
+    def __init__(self, eta: float = 1.0, steps: int = 200, lr: float = 1e-4, batch_size: int = 16,
+                 params: str = "noxattn", pool: int = 64, seed: int = 0, threads: int = 2) -> None:
+        if steps < 1 or lr <= 0 or batch_size < 1 or pool < 1:
+            raise UserError("esd: steps, batch_size and pool must be >= 1 and lr > 0")
+        if params not in ESD_PARAM_SETS:
+            raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {params!r}")
+        self.eta, self.steps, self.lr, self.batch_size, self.params = float(eta), steps, lr, batch_size, params
+        self.pool, self.seed, self.threads = pool, seed, threads
+
+    def update(self, target, unet, request):
+        gen = torch.Generator().manual_seed(self.seed)
+        frozen = target.unet
+        seeds = torch.randint(2**31 - 1, (self.pool,), generator=gen).tolist()
+        images = target.generate(request.forget_prompt, seeds)  # what the frozen model draws for c
+        x0_pool = target.image_to_x0(images)
+        with torch.no_grad():
+            cond = target.encode_prompts([request.forget_prompt])
+            uncond = target.encode_prompts([""])
+        optimizer = torch.optim.Adam(select_parameters(unet, self.params), lr=self.lr)
+        for idx in seeded_batches(self.pool, self.batch_size, self.steps, gen):
+            x_t, t, _ = noised(target, x0_pool[idx], gen)
+            c, u = cond.expand(len(idx), -1, -1), uncond.expand(len(idx), -1, -1)
+            with torch.no_grad():
+                e_u, e_c = frozen(x_t, t, encoder_hidden_states=u).sample, frozen(x_t, t, encoder_hidden_states=c).sample
+                goal = e_u - self.eta * (e_c - e_u)
+            loss = nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=c).sample, goal)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return unet.eval().requires_grad_(False)
+
+
+def saliency_masks(target: TextToImageTarget, unet: nn.Module, request: ForgetRequest, fraction: float,
+                   batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Top ``fraction`` of weights (globally) by |gradient of the forget denoising loss|, summed over the forget set."""
+    x0 = target.image_to_x0(request.forget_images)
+    cond = target.encode_prompts([request.forget_prompt])
+    unet.zero_grad(set_to_none=True)
+    for start in range(0, len(x0), batch_size):
+        batch = x0[start:start + batch_size]
+        x_t, t, noise = noised(target, batch, gen)
+        pred = unet(x_t, t, encoder_hidden_states=cond.expand(len(batch), -1, -1)).sample
+        (nn.functional.mse_loss(pred, noise, reduction="sum")).backward()
+    grads = {n: p.grad.detach().abs() for n, p in unet.named_parameters() if p.grad is not None}
+    flat = torch.cat([g.flatten() for g in grads.values()])
+    keep = max(1, int(round(fraction * flat.numel())))
+    threshold = torch.topk(flat, keep, sorted=True).values[-1]
+    unet.zero_grad(set_to_none=True)
+    return {n: g >= threshold for n, g in grads.items()}
+
+
+@register_unlearner("salun-dm")
+class SalUnDM(T2IUnlearner):
+    """SalUn for diffusion: saliency-masked update, forget prompt -> pseudo prompt prediction, + alpha * retain loss."""
+
+    method = "salun-dm"
+
+    def __init__(self, fraction: float = 0.5, alpha: float = 1.0, steps: int = 200, lr: float = 1e-4,
+                 batch_size: int = 16, pool: int = 64, seed: int = 0, threads: int = 2) -> None:
+        if not 0 < fraction <= 1:
+            raise UserError("salun-dm: fraction must be in (0, 1]")
+        if steps < 1 or lr <= 0 or batch_size < 1 or alpha < 0 or pool < 1:
+            raise UserError("salun-dm: steps, batch_size, pool >= 1, lr > 0, alpha >= 0")
+        self.fraction, self.alpha, self.steps, self.lr, self.batch_size = float(fraction), float(alpha), steps, lr, batch_size
+        self.pool, self.seed, self.threads = pool, seed, threads
+
+    def forget_images(self, target: TextToImageTarget, request: ForgetRequest, gen: torch.Generator) -> torch.Tensor:
+        """The request's images of the concept, else ``pool`` generations of the original model."""
+        if request.forget_images is not None:
+            return request.forget_images
+        seeds = torch.randint(2**31 - 1, (self.pool,), generator=gen).tolist()
+        return target.generate(request.forget_prompt, seeds)
+
+    def update(self, target, unet, request):
+        gen = torch.Generator().manual_seed(self.seed)
+        if not request.pseudo_prompts:
+            raise UserError("salun-dm needs at least one pseudo prompt (another concept)")
+        request = copy.copy(request)
+        request.forget_images = self.forget_images(target, request, gen)
+        masks = saliency_masks(target, unet, request, self.fraction, self.batch_size, gen)
+        original = {n: p.detach().clone() for n, p in unet.named_parameters()}
+        x_f = target.image_to_x0(request.forget_images)
+        with torch.no_grad():
+            c_f = target.encode_prompts([request.forget_prompt])
+            c_pseudo = target.encode_prompts(request.pseudo_prompts)
+            x_r = target.image_to_x0(request.retain_images) if request.retain_images is not None else None
+            c_r = target.encode_prompts(request.retain_prompts) if x_r is not None else None
+        params = [p for n, p in unet.named_parameters() if n in masks]
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        for idx in seeded_batches(len(x_f), self.batch_size, self.steps, gen):
+            x_t, t, _ = noised(target, x_f[idx], gen)
+            pick = torch.randint(len(request.pseudo_prompts), (len(idx),), generator=gen)
+            pred = unet(x_t, t, encoder_hidden_states=c_f.expand(len(idx), -1, -1)).sample
+            with torch.no_grad():
+                pseudo = unet(x_t, t, encoder_hidden_states=c_pseudo[pick]).sample
+            loss = nn.functional.mse_loss(pred, pseudo)
+            if x_r is not None and self.alpha > 0:
+                ridx = torch.randint(len(x_r), (self.batch_size,), generator=gen)
+                xr_t, tr, noise = noised(target, x_r[ridx], gen)
+                loss = loss + self.alpha * nn.functional.mse_loss(unet(xr_t, tr, encoder_hidden_states=c_r[ridx]).sample, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for n, p in unet.named_parameters():
+                if p.grad is not None:
+                    p.grad.mul_(masks[n])
+            optimizer.step()
+            with torch.no_grad():  # Adam's moments would still move masked weights: put them back exactly
+                for n, p in unet.named_parameters():
+                    p.copy_(torch.where(masks[n], p, original[n]))
+        unet.masks = masks  # kept for inspection (tests), not saved
+        return unet.eval().requires_grad_(False)
