@@ -1,0 +1,64 @@
+"""The diffusion report section end to end on a tiny target: rows, pre-ASR / ASR, kept accuracy, grid, tables."""
+from __future__ import annotations
+
+import torch
+
+from robustbench_peft.diffusion_section import run_diffusion_section, section_tables
+from robustbench_peft.registry import SUITES, TASKS
+from robustbench_peft.suite import Suite
+from robustbench_peft.t2i.attack_base import PromptItem
+from robustbench_peft.t2i.unlearn_base import ForgetRequest
+from tasks.t2i_concepts import T2IConceptTask
+from test_t2i_helpers import tiny_digits_target
+
+
+class BrightJudge:
+    """Concept present when the image is brighter than ``level`` on average (deterministic, model-free)."""
+
+    name = "bright"
+
+    def present(self, images, concept):
+        return images.flatten(1).mean(1) > 0.5
+
+
+def tiny_task() -> T2IConceptTask:
+    """A two-prompt task on the tiny target, shaped like digits-t2i."""
+    target = tiny_digits_target()
+    gen = torch.Generator().manual_seed(0)
+    request = ForgetRequest("a handwritten digit three", ["a handwritten digit four"], forget_images=torch.rand(4, 1, 8, 8, generator=gen),
+                            retain_images=torch.rand(4, 1, 8, 8, generator=gen), retain_prompts=["a handwritten digit four"] * 4,
+                            identity={"test": "section"})
+    return T2IConceptTask(name="tiny-t2i", description="tiny test task", load_model=lambda: target, make_judge=BrightJudge,
+                          attacked=[PromptItem("a handwritten digit three", s, 3) for s in (1, 2)],
+                          kept=[PromptItem("a handwritten digit four", s, 4) for s in (1, 2)], forget_request=lambda: request)
+
+
+class QuietRunner:
+    def log(self, message: str) -> None:
+        pass
+
+
+def test_section_reports_pre_asr_asr_kept_accuracy_and_grid(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path))
+    TASKS.get("digits-t2i")  # loads the plug-ins before the test entry is added
+    monkeypatch.setitem(TASKS._entries, "tiny-t2i", TASKS._entries["digits-t2i"].__class__("task", "tiny-t2i", tiny_task, "tiny"))
+    suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
+        "task": "tiny-t2i", "task_options": {}, "unlearners": ["esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2"],
+        "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=2", "random_tokens:k=2,trials=1"], "grid": 2}})
+    section = run_diffusion_section(suite, QuietRunner())
+    rows = section["rows"]
+    assert [(r["unlearner"], r["attack"]) for r in rows] == [("none (original)", "no_attack")] + [
+        (u, a) for u in ("esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2")
+        for a in ("no_attack", "unlearndiff:k=2,timesteps=1,inner_steps=2", "random_tokens:k=2,trials=1")]
+    for r in rows:
+        assert r["asr"] >= r["pre_asr"]  # ASR includes the prompts the plain generation already breaks
+        assert r["kept_accuracy"] is not None and len(r["prompts"]) == 2
+    assert section["html"].count("data:image/png;base64,") == 2 * 3 * 2
+    title, header, table = section_tables(section)[0]
+    assert "pre-ASR %" in header and "ASR %" in header and len(table) == len(rows)
+    assert any("pre-ASR" in line for line in section["summary"])
+
+
+def test_diffusion_suite_runs_only_its_section():
+    suite = SUITES.create("diffusion")
+    assert suite.sections == ("diffusion",) and suite.models == () and suite.attacks == ()

@@ -1,0 +1,76 @@
+"""ESD and SalUn-DM on a tiny target: the forgotten concept's prediction moves, masks hold, results cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustbench_peft.t2i.unlearn_base import ForgetRequest
+from test_t2i_helpers import tiny_digits_target
+from unlearning.diffusion import ESD, SalUnDM, saliency_masks
+
+FORGET, KEEP = "a handwritten digit three", "a handwritten digit four"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    target = tiny_digits_target()
+    request = ForgetRequest(FORGET, [KEEP], forget_images=torch.rand(8, 1, 8, 8, generator=gen),
+                            retain_images=torch.rand(8, 1, 8, 8, generator=gen), retain_prompts=[KEEP] * 8,
+                            identity={"test": "tiny"})
+    x_t = torch.randn(4, 1, 8, 8, generator=gen)
+    return target, request, x_t
+
+
+def prediction(target, unet, prompt, x_t):
+    with torch.no_grad():
+        cond = target.encode_prompts([prompt]).expand(len(x_t), -1, -1)
+        return unet(x_t, torch.full((len(x_t),), 500), encoder_hidden_states=cond).sample
+
+
+def test_salun_dm_moves_only_salient_weights(setup):
+    target, request, x_t = setup
+    method = SalUnDM(fraction=0.3, steps=4, batch_size=4, lr=1e-3, seed=0)
+    unet = method.update(target, target.trainable_unet_copy(), request)
+    original = dict(target.unet.named_parameters())
+    kept_total = sum(int(m.sum()) for m in unet.masks.values())
+    total = sum(m.numel() for m in unet.masks.values())
+    assert abs(kept_total / total - 0.3) < 0.02
+    for name, p in unet.named_parameters():
+        mask = unet.masks[name]
+        assert torch.equal(p[~mask], original[name][~mask]), name  # bit-identical outside the mask
+    moved = sum(int((p[unet.masks[n]] != original[n][unet.masks[n]]).sum()) for n, p in unet.named_parameters())
+    assert moved > 0.5 * kept_total
+    change = (prediction(target, unet, FORGET, x_t) - prediction(target, target.unet, FORGET, x_t)).abs().mean()
+    assert change > 1e-3
+
+
+def test_saliency_mask_is_global_top_fraction(setup):
+    target, request, _ = setup
+    masks = saliency_masks(target, target.trainable_unet_copy(), request, 0.5, 4, torch.Generator().manual_seed(0))
+    share = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert 0.49 < share < 0.51
+
+
+def test_esd_moves_the_erased_prompt_towards_negative_guidance(setup):
+    target, request, x_t = setup
+    method = ESD(eta=1.0, steps=6, batch_size=4, pool=4, lr=1e-3, params="noxattn", seed=0)
+    unet = method.update(target, target.trainable_unet_copy(), request)
+    before = prediction(target, target.unet, FORGET, x_t)
+    after = prediction(target, unet, FORGET, x_t)
+    assert (after - before).abs().mean() > 1e-3
+    original = dict(target.unet.named_parameters())
+    for name, p in unet.named_parameters():  # ESD-u leaves cross-attention alone
+        if ".attn2." in name:
+            assert torch.equal(p, original[name]), name
+
+
+def test_unlearning_is_cached_by_recipe(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path))
+    target, request, x_t = setup
+    first = SalUnDM(steps=2, batch_size=4, seed=3).unlearn(target, request)
+    second = SalUnDM(steps=2, batch_size=4, seed=3).unlearn(target, request)
+    assert not first.cached and second.cached and first.sha256 == second.sha256
+    assert torch.equal(prediction(target, first.target.unet, FORGET, x_t), prediction(target, second.target.unet, FORGET, x_t))
+    assert first.target.tokenizer is target.tokenizer and first.target.unet is not target.unet
