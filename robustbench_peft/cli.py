@@ -152,7 +152,7 @@ def build_suite(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .checkpoint import CHECKPOINT_DIR, CheckpointStore
-    from .precision import set_fit_amp
+    from .precision import fit_amp_applied, set_fit_amp
     from .render import write_outputs
     from .runner import Runner
     from .suite import Suite
@@ -181,6 +181,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = runner.run()
     if not shard.is_main:
         return 0  # rank 0 writes the one report
+    if getattr(args, "amp", "off") != "off" and not fit_amp_applied():
+        print(f"warning: --amp {args.amp} had no effect: no defense in this suite fitted under mixed precision", file=sys.stderr)
     paths = write_outputs(report, out)
     print(report.summary())
     print(f"\nreport: {paths['report.json']}  (also report.md, report.html, plots)")

@@ -23,6 +23,7 @@ M = TypeVar("M", bound=nn.Module)
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _fit_amp = "off"
+_fit_amp_applied = False
 
 
 def memory_format(module: M, channels_last: bool) -> M:
@@ -34,15 +35,24 @@ def memory_format(module: M, channels_last: bool) -> M:
 
 def set_fit_amp(name: str) -> None:
     """Choose the precision of defense fitting for this process: off, bf16 or fp16."""
-    global _fit_amp
+    global _fit_amp, _fit_amp_applied
     if name not in AMP_DTYPES:
         raise UserError(f"unknown --amp {name!r}; use one of {', '.join(AMP_DTYPES)}")
-    _fit_amp = name
+    _fit_amp, _fit_amp_applied = name, False
 
 
 def fit_amp() -> str:
-    """The precision chosen for fitting ("off" unless ``--amp`` asked otherwise)."""
+    """The precision chosen for fitting ("off" unless ``--amp`` asked otherwise).
+
+    A defense that honours it puts it in its cache recipe, so a mixed-precision
+    fit never stands in for a full-precision one."""
     return _fit_amp
+
+
+def fit_amp_applied() -> bool:
+    """Whether any fitting step ran under the chosen mixed precision since :func:`set_fit_amp`
+    (False tells the user that ``--amp`` had no effect on this suite)."""
+    return _fit_amp_applied
 
 
 @contextlib.contextmanager
@@ -52,6 +62,7 @@ def fit_autocast(device: torch.device | str) -> Iterator[None]:
     Full precision unless ``--amp`` chose a dtype. fp16 on CPU is refused (CPU
     autocast supports bfloat16); use bf16 there.
     """
+    global _fit_amp_applied
     dtype = AMP_DTYPES[_fit_amp]
     if dtype is None:
         yield
@@ -59,6 +70,7 @@ def fit_autocast(device: torch.device | str) -> Iterator[None]:
     kind = torch.device(device).type
     if kind == "cpu" and dtype is torch.float16:
         raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    _fit_amp_applied = True
     with torch.autocast(device_type=kind, dtype=dtype):
         yield
 

@@ -98,3 +98,44 @@ def test_bad_environment_is_a_user_error(monkeypatch, env, needle):
 def test_backend_follows_the_device():
     assert distributed.backend_for("cpu") == "gloo"
     assert distributed.rank_device("cpu", distributed.Shard(rank=1, world_size=2)) == "cpu"
+
+
+# -- device options: channels_last and mixed precision for fitting ------------------------
+def test_channels_last_and_amp_leave_attack_numbers_unchanged(tmp_path, capsys):
+    from robustbench_peft.cli import main
+
+    fast = ["eval", "--attack", "pgd:steps=5", "--eps", "0.1", "--n", "64", "--no-checks", "--quiet"]
+    assert main([*fast, "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main([*fast, "--out", str(tmp_path / "fast"), "--channels-last", "--amp", "bf16"]) == 0
+    assert "--amp bf16 had no effect" in capsys.readouterr().err  # no defense here: said, not silently ignored
+    a = json.loads((tmp_path / "plain" / "report.json").read_text())
+    b = json.loads((tmp_path / "fast" / "report.json").read_text())
+    assert _numbers(a["runs"]) == _numbers(b["runs"])
+
+
+def test_fit_autocast_only_inside_fitting_and_only_when_asked():
+    import torch
+
+    from robustbench_peft import precision
+
+    try:
+        precision.set_fit_amp("off")
+        with precision.fit_autocast("cpu"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert not precision.fit_amp_applied()
+        precision.set_fit_amp("bf16")
+        with precision.fit_autocast("cpu"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+            with precision.full_precision("cpu"):
+                assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert precision.fit_amp_applied() and not precision.grad_scaler("cpu").is_enabled()
+        precision.set_fit_amp("fp16")
+        with pytest.raises(UserError, match="needs a CUDA device"):
+            with precision.fit_autocast("cpu"):
+                pass
+        with pytest.raises(UserError, match="unknown --amp"):
+            precision.set_fit_amp("fp8")
+    finally:
+        precision.set_fit_amp("off")
