@@ -75,6 +75,25 @@ def parse_eps(values: Sequence[str] | None) -> dict[str, list[float]] | None:
     return eps
 
 
+def parse_device(text: str) -> str:
+    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else a one-line error."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {text!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {text}: unsupported device type {device.type!r}; use cpu, cuda or mps")
+    return text
+
+
 def resolve_out_dir(out: str | None, suite: str, force: bool) -> Path:
     """The output folder: must be new (or --force), and writable, before any work starts."""
     if out is None:
@@ -108,7 +127,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per attack batch")
     p.add_argument("--no-checks", action="store_true", help="skip the evaluation sanity checks")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun, cuda means each rank's local GPU)")
+    p.add_argument("--device", default="cpu", type=parse_device, help="torch device, e.g. cpu or cuda (under torchrun, cuda means each rank's local GPU)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory layout for attacked models (often faster convolutions on GPU)")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision for fitting defenses only; attacks always run in float32 (default: off)")
     p.add_argument("--out", help="output directory (default: reports/runs/SUITE-TIMESTAMP)")
@@ -130,6 +149,8 @@ def build_suite(args: argparse.Namespace):
         eps = {**{norm: eps["*"] for norm in norms}, **{k: v for k, v in eps.items() if k != "*"}}
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.seed is not None and not 0 <= args.seed < 2**31:
+        raise UserError(f"--seed must be in [0, 2**31), got {args.seed}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     task_options = dict(suite.task_options)
