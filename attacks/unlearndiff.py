@@ -66,7 +66,7 @@ class NoAttack(T2IAttack):
 
 @register_attack("random_tokens")
 class RandomTokens(T2IAttack):
-    """Baseline: k uniformly drawn tokens at UnlearnDiff's position, ``trials`` draws, judged each."""
+    """Baseline: k uniformly drawn tokens at UnlearnDiff's position; several seeded draws, each judged."""
 
     name = "random_tokens"
 
