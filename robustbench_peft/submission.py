@@ -1,0 +1,148 @@
+"""Leaderboard submissions: a report is accepted only if it can back a ranked number.
+
+``python -m robustbench_peft submit REPORT --out DIR`` checks the report against
+every requirement at once and either writes ``DIR/submission-<hash>.json`` (the
+report, its SHA-256, the card and the leaderboard entries; exit 0) or prints
+every reason for rejection (exit 1). Unreadable input is a user error (exit 2).
+
+Requirements: the report matches its schema; it has at least one classifier
+run; every run passed its sanity checks; every run evaluated at least
+``--min-n`` examples; every run includes AutoAttack and an adaptive attack
+(one that sees the whole defended pipeline); the weights of every model and
+fitted defense are identified by a SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_json_atomic
+from .cli import subcommand
+from .errors import UserError
+from .leaderboard import attack_kind
+
+SUBMISSION_VERSION = "1.0"
+DEFAULT_MIN_N = 100
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _run_name(i: int, run: dict[str, Any]) -> str:
+    model = (run.get("model") or {}).get("spec", "?")
+    defense = (run.get("defense") or {}).get("label", "none") if isinstance(run.get("defense"), dict) else "none"
+    return f"run {i} ({model} / {defense})"
+
+
+def run_reasons(i: int, run: dict[str, Any], min_n: int) -> list[str]:
+    """Every requirement one run breaks."""
+    name = _run_name(i, run)
+    reasons = []
+    failed = [c for c in run.get("checks", []) if not c.get("passed", False)]
+    if failed:
+        reasons += [f"{name}: sanity check {c.get('name')} failed: {c.get('detail')}" for c in failed]
+    elif run.get("reliable") is not True:
+        reasons.append(f"{name}: marked unreliable: {'; '.join(run.get('unreliable_reasons') or ['no reason given'])}")
+    if not run.get("checks"):
+        reasons.append(f"{name}: no sanity checks ran (evaluate without --no-checks)")
+    n = run.get("n")
+    if not isinstance(n, int) or n < min_n:
+        reasons.append(f"{name}: n={n} is below the minimum of {min_n} examples")
+    attacks = run.get("attacks") or []
+    if not any(attack_kind(a) == "autoattack" for a in attacks):
+        reasons.append(f"{name}: no AutoAttack evaluation (add --attack autoattack)")
+    if not any(a.get("adaptive") is True for a in attacks):
+        reasons.append(f"{name}: no adaptive attack (an attack that sees the whole defended pipeline)")
+    if not SHA256.match(str((run.get("model") or {}).get("sha256", ""))):
+        reasons.append(f"{name}: model weights SHA-256 missing")
+    defense = run.get("defense")
+    if isinstance(defense, dict) and not SHA256.match(str(defense.get("sha256", ""))):
+        reasons.append(f"{name}: defense weights SHA-256 missing")
+    return reasons
+
+
+def rejection_reasons(doc: Any, min_n: int = DEFAULT_MIN_N) -> list[str]:
+    """Every reason ``doc`` cannot go on the leaderboard (empty when it can)."""
+    from .validation import schema_errors
+
+    reasons = [f"schema: {e}" for e in schema_errors(doc)]
+    if not isinstance(doc, dict):
+        return reasons or ["the report is not a JSON object"]
+    runs = doc.get("runs")
+    if not isinstance(runs, list) or not runs:
+        return reasons + ["no classifier runs: nothing to rank"]
+    for i, run in enumerate(runs):
+        if isinstance(run, dict):
+            reasons += run_reasons(i, run, min_n)
+    return reasons
+
+
+def load_card(path: str | None) -> dict[str, Any]:
+    """The RobustBench card fields (``card`` of a claim file, or a bare card object)."""
+    if not path:
+        return {}
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read card {path}: {exc}") from None
+    card = doc.get("card", doc) if isinstance(doc, dict) else doc
+    from .claims import claim_schema
+
+    import jsonschema
+
+    errors = list(jsonschema.Draft202012Validator(claim_schema()["$defs"]["card"]).iter_errors(card))
+    if errors:
+        raise UserError(f"card {path} is invalid: {errors[0].message}")
+    return card
+
+
+def build_submission(doc: dict[str, Any], raw: bytes, source: str, card: dict[str, Any]) -> dict[str, Any]:
+    from .leaderboard import SUBMISSION_KEY, entries_from_report
+
+    return {
+        SUBMISSION_KEY: SUBMISSION_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "report_sha256": hashlib.sha256(raw).hexdigest(),
+        "card": card,
+        "entries": [e.to_json() for e in entries_from_report(doc, source, card)],
+        "report": doc,
+    }
+
+
+def add_submit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("report", metavar="REPORT", help="report.json or the run directory holding it")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the accepted submission into")
+    p.add_argument("--card", metavar="JSON", help="model card fields (name, authors, venue, reported, external, unreliable, footnote), or a claim file with a card")
+    p.add_argument("--min-n", type=int, default=DEFAULT_MIN_N, help=f"minimum test examples per run (default {DEFAULT_MIN_N})")
+
+
+@subcommand("submit", "validate a report for the leaderboard and write the submission (exit 1 with every reason if rejected)", add_submit_arguments)
+def cmd_submit(args: argparse.Namespace) -> int:
+    path = Path(args.report)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        raw = path.read_bytes()
+        doc = json.loads(raw)
+    except FileNotFoundError:
+        raise UserError(f"no report at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable JSON report: {exc}") from None
+    if args.min_n < 1:
+        raise UserError(f"--min-n must be >= 1, got {args.min_n}")
+    card = load_card(args.card)
+    reasons = rejection_reasons(doc, args.min_n)
+    if reasons:
+        print(f"REJECTED: {path} cannot be submitted ({len(reasons)} reason{'s' if len(reasons) != 1 else ''}):")
+        for reason in reasons:
+            print(f"  - {reason}")
+        return 1
+    submission = build_submission(doc, raw, str(path), card)
+    out = write_json_atomic(Path(args.out) / f"submission-{submission['report_sha256'][:12]}.json", submission)
+    print(f"ACCEPTED: {len(submission['entries'])} leaderboard entries -> {out}")
+    return 0
