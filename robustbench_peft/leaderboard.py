@@ -185,13 +185,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-HEADER = ["rank", "task", "threat", "eps", "model", "defense", "clean %", "measured %", "AutoAttack %", "reported %", "external %", "lowest known %", "trainable params", "stored bytes", "reliable", "venue", "footnote"]
+HEADER = ["rank", "task", "threat", "eps", "name", "model", "defense", "clean %", "measured %", "AutoAttack %", "reported %", "external %", "lowest known %", "trainable params", "stored bytes", "reliable", "venue", "footnote"]
 
 
 def row(e: Entry) -> list[str]:
     reliable = "yes" if e.reliable else "UNRELIABLE"
     return [
-        str(e.rank), e.task, e.threat_model, f"{e.eps:g}", e.model, e.defense, _pct(e.clean_accuracy), _pct(e.measured), _pct(e.autoattack),
+        str(e.rank), e.task, e.threat_model, f"{e.eps:g}", e.name, e.model, e.defense, _pct(e.clean_accuracy), _pct(e.measured), _pct(e.autoattack),
         _pct(e.reported), _pct(e.external), _pct(e.lowest), str(e.trainable_parameters), "-" if e.stored_bytes is None else str(e.stored_bytes),
         reliable, e.venue, e.footnote,
     ]
