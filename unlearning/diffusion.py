@@ -60,7 +60,7 @@ class ESD(T2IUnlearner):
 
     method = "esd"
 
-    def __init__(self, eta: float = 1.0, steps: int = 200, lr: float = 1e-4, batch_size: int = 16,
+    def __init__(self, eta: float = 1.0, steps: int = 200, lr: float = 1e-5, batch_size: int = 16,
                  params: str = "noxattn", pool: int = 64, seed: int = 0, threads: int = 2) -> None:
         if steps < 1 or lr <= 0 or batch_size < 1 or pool < 1:
             raise UserError("esd: steps, batch_size and pool must be >= 1 and lr > 0")

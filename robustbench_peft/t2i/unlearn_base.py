@@ -64,8 +64,11 @@ class T2IUnlearner:
 
     method = "t2i-unlearner"
 
+    #: Options that change speed, not the result: left out of the cache key.
+    NOT_IN_RECIPE = ("threads",)
+
     def config(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in self.NOT_IN_RECIPE}
 
     def update(self, target: TextToImageTarget, unet: torch.nn.Module, request: ForgetRequest) -> torch.nn.Module:
         raise NotImplementedError
