@@ -30,7 +30,7 @@ def evaluate(
     n: int | None = None,
     seed: int | None = None,
     defenses: Iterable[str | PluginSpec] | None = None,
-    suite: str = "digits",
+    suite: str = "quick",
     out: str | Path | None = None,
     progress: bool = False,
     checks: bool | None = None,

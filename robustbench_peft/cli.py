@@ -126,6 +126,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", "--num-examples", dest="n", type=int, help="number of test examples (the first n, deterministic); under torchrun spell it --num-examples")
     p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per attack batch")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is often fastest for tiny models on a busy machine")
     p.add_argument("--no-checks", action="store_true", help="skip the evaluation sanity checks")
     p.add_argument("--device", default="cpu", type=parse_device, help="torch device, e.g. cpu or cuda (under torchrun, cuda means each rank's local GPU)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory layout for attacked models (often faster convolutions on GPU)")
@@ -178,6 +179,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .runner import Runner
     from .suite import Suite
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     shard, device = distributed.setup(args.device)  # a process group only under torchrun
     set_fit_amp(getattr(args, "amp", "off"))
     if args.resume:

@@ -16,6 +16,7 @@ from .atomic import write_bytes_atomic, write_text_atomic
 from .report import Report
 
 PLOT_NAME = "robust_accuracy_vs_eps.png"
+EFFICIENCY_PLOT_NAME = "robust_accuracy_vs_trainable_parameters.png"
 #: Extra plots contributed by report sections: name -> function(report) -> PNG bytes or None.
 SECTION_PLOTS: dict[str, Callable[[Report], bytes | None]] = {}
 #: Extra Markdown tables contributed by report sections: name -> function(section) -> (title, header, rows).
@@ -41,14 +42,60 @@ def main_table(report: Report) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+def main_worst_case(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The worst case a run is ranked by: Linf (else the first threat model) at its middle eps."""
+    rows = sorted(run["worst_case"], key=lambda w: (w["threat_model"] != "Linf", w["threat_model"], w["eps"]))
+    if not rows:
+        return None
+    same = [w for w in rows if w["threat_model"] == rows[0]["threat_model"]]
+    return same[len(same) // 2]
+
+
 def defense_table(report: Report) -> tuple[list[str], list[list[Any]]]:
-    header = ["model", "defense", "trainable params", "stored bytes", "fit s", "passes / prediction", "clean %"]
+    """Cost next to accuracy: one row per run, the bare model included when the run has defenses."""
+    header = ["model", "defense", "trainable params", "stored bytes", "fit s", "passes / prediction", "clean %", "worst-case robust % (threat, eps)"]
     rows = []
     for run in report.runs:
-        d = run.get("defense")
-        if d:
-            rows.append([run["model"]["spec"], d["label"], d["trainable_parameters"], d["stored_bytes"], f"{d['fit_seconds']:.1f}", d["forward_passes"], _pct(run["clean_accuracy"])])
+        d = run.get("defense") or {"label": "none", "trainable_parameters": 0, "stored_bytes": 0, "fit_seconds": 0.0, "forward_passes": 1}
+        worst = main_worst_case(run)
+        worst_text = f"{_pct(worst['robust_accuracy'])} ({worst['threat_model']}, {worst['eps']:g})" if worst else ""
+        rows.append([run["model"]["spec"], d["label"], d["trainable_parameters"], d["stored_bytes"], f"{d['fit_seconds']:.1f}", d["forward_passes"], _pct(run["clean_accuracy"]), worst_text])
+    if not any(run.get("defense") for run in report.runs):
+        return header, []
     return header, rows
+
+
+def efficiency_plot(report: Report) -> bytes | None:
+    """Worst-case robust accuracy against trainable parameters, one point per defended run
+    (the bare model at zero parameters); None when the report has no defense."""
+    points = [(run, main_worst_case(run)) for run in report.runs]
+    points = [(run, worst) for run, worst in points if worst is not None]
+    if not any(run.get("defense") for run, _ in points):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, worst in points:
+        d = run.get("defense")
+        params = d["trainable_parameters"] if d else 0
+        label = f"{run['model']['spec']} / {d['label'] if d else 'none'}"
+        ax.scatter([max(params, 1)], [100 * worst["robust_accuracy"]], s=40)
+        ax.annotate(label, (max(params, 1), 100 * worst["robust_accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    threat = {(w["threat_model"], w["eps"]) for _, w in points}
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log; the bare model at 1)")
+    ax.set_ylabel("worst-case robust accuracy (%)")
+    ax.set_title("Robustness per trainable parameter: " + ", ".join(f"{n} eps={e:g}" for n, e in sorted(threat)), fontsize=9)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def checks_table(report: Report) -> tuple[list[str], list[list[Any]]]:
@@ -88,6 +135,8 @@ def markdown(report: Report) -> str:
         lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
         lines.append("")
     lines.append(f"![robust accuracy vs eps]({PLOT_NAME})")
+    if any(run.get("defense") for run in report.runs):
+        lines.append(f"![robust accuracy vs trainable parameters]({EFFICIENCY_PLOT_NAME})")
     return "\n".join(lines) + "\n"
 
 
@@ -183,6 +232,9 @@ def write_outputs(report: Report, out_dir: str | Path) -> dict[str, Path]:
     """Write report.json, report.md, report.html and the plot(s) into ``out_dir``."""
     out = Path(out_dir)
     plots = [("Robust accuracy vs eps", PLOT_NAME, accuracy_plot(report))]
+    efficiency = efficiency_plot(report)
+    if efficiency is not None:
+        plots.append(("Robust accuracy vs trainable parameters", EFFICIENCY_PLOT_NAME, efficiency))
     for name, make in SECTION_PLOTS.items():
         if name in report.sections:
             png = make(report)

@@ -35,12 +35,16 @@ class PreparedAttack:
     attack: Attack
     n: int | None
     mode: str
+    #: The eps values this attack runs at (None: every eps of its threat model in the suite).
+    eps: list[float] | None = None
 
 
 def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool) -> PreparedAttack:
     options = dict(spec.options)
     n = options.pop("n", None)
     mode = str(options.pop("mode", "adaptive"))
+    eps_option = options.pop("eps", None)
+    eps = validate_eps(str(eps_option).split("+")) if eps_option is not None else None
     if mode not in MODES:
         raise UserError(f"attack {spec.label()}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if n is not None:
@@ -54,7 +58,7 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     options.setdefault("batch_size", batch_size)
     options.setdefault("progress", progress)
     attack = build(ATTACKS.get(spec.name).factory, options, owner=f"attack {spec.name}")
-    return PreparedAttack(spec, attack, n, mode)
+    return PreparedAttack(spec, attack, n, mode, eps)
 
 
 def prepare_defense(spec: PluginSpec, seed: int) -> Defense | None:
@@ -165,7 +169,7 @@ class Runner:
             raise UserError(f"unknown report section(s) {', '.join(unknown)}; known: {', '.join(sorted(SECTION_RUNNERS)) or 'none'}")
         attacks = [prepare_attack(spec, suite.seed, suite.batch_size, self.progress) for spec in suite.attacks]
         for prepared in attacks:
-            if prepared.attack.norm not in eps:
+            if prepared.eps is None and prepared.attack.norm not in eps:
                 raise UserError(f"attack {prepared.spec.label()} uses {prepared.attack.norm} but no eps is set for it; pass --eps {prepared.attack.norm}:VALUES")
         defenses = [(spec, prepare_defense(spec, suite.seed)) for spec in suite.defenses]
         self.store.save_suite(suite.to_json())
@@ -232,7 +236,7 @@ class Runner:
             n_attack = min(len(y), prepared.n or len(y))
             self.log(f"{label}: {prepared.spec.label()} on {n_attack} samples")
             craft = fitted.base if (prepared.mode == "nonadaptive" and fitted is not None) else None
-            result = self.run_attack(f"{key}-a{a}", prepared, target, x[:n_attack], y[:n_attack], eps[prepared.attack.norm], craft)
+            result = self.run_attack(f"{key}-a{a}", prepared, target, x[:n_attack], y[:n_attack], prepared.eps or eps[prepared.attack.norm], craft)
             results.append(result)
             records += [attack_record(result, i, n_attack) for i in range(len(result.eps))]
         worst = worst_case(results, clean_correct)

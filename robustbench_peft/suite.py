@@ -12,7 +12,7 @@ from typing import Any
 from .options import PluginSpec
 
 #: Attack options handled by the runner rather than by the attack itself.
-RUNNER_OPTIONS = ("n", "mode")
+RUNNER_OPTIONS = ("n", "mode", "eps")
 MODES = ("adaptive", "nonadaptive")
 
 
@@ -35,7 +35,21 @@ class Suite:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> "Suite":
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """Replace the fields given (None keeps a field).
+
+        A suite's defenses, report sections and eps were chosen for its own task and
+        models: another task drops all three (the task's default eps apply), other
+        models drop defenses and sections, unless they are given too.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        new_task = changes.get("task", self.task) != self.task
+        new_models = tuple(changes.get("models", self.models)) != tuple(self.models)
+        if new_task:
+            changes.setdefault("eps", None)
+        if new_task or new_models:
+            changes.setdefault("defenses", (PluginSpec("none"),))
+            changes.setdefault("sections", ())
+        return replace(self, **changes)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Suite":

@@ -7,6 +7,32 @@ from .registry import register_suite
 from .suite import Suite
 
 
+#: The visual-prompt defenses of the C-AVP paper, side by side with the bare model.
+PROMPT_DEFENSES = ("none", "vp", "uavp", "cavp")
+#: Adversarial fine-tuning (PGD-AT) with every scope that matters on digits:cnn.
+ADVFT_SCOPES = ("full", "linear", "lora")
+
+
+def _specs(*names: str, **options: object) -> tuple[PluginSpec, ...]:
+    return tuple(PluginSpec(name, dict(options) if name != "none" else {}) for name in names)
+
+
+def _advft_specs(**options: object) -> tuple[PluginSpec, ...]:
+    return tuple(PluginSpec("advft", {"scope": scope, **options}) for scope in ADVFT_SCOPES)
+
+
+def _robustness_attacks(steps: int, autoattack: dict[str, object], transfer_n: int) -> tuple[PluginSpec, ...]:
+    """Cheap first: PGD (adaptive), PGD crafted on the bare base model (non-adaptive /
+    downstream transfer; defenses only), AutoAttack (APGD-CE + APGD-T) and transfer from
+    the digits surrogate."""
+    return (
+        PluginSpec("pgd", {"norm": "Linf", "steps": steps}),
+        PluginSpec("pgd", {"norm": "Linf", "steps": steps, "mode": "nonadaptive"}),
+        PluginSpec("autoattack", {"version": "custom", "attacks": "apgd-ce+apgd-t", **autoattack}),
+        PluginSpec("transfer", {"n": transfer_n}),
+    )
+
+
 @register_suite("digits")
 def digits_suite() -> Suite:
     """Default: every capability once on the embedded digits task, at small budgets."""
@@ -15,11 +41,62 @@ def digits_suite() -> Suite:
         task="digits",
         models=("digits:cnn",),
         attacks=(
-            PluginSpec("pgd", {"norm": "Linf", "steps": 20}),
-            PluginSpec("pgd", {"norm": "L2", "steps": 20}),
+            *_robustness_attacks(steps=10, autoattack={"n_target_classes": 3, "n": 32, "eps": 0.1}, transfer_n=100),
+            PluginSpec("pgd", {"norm": "L2", "steps": 10}),
         ),
+        defenses=(
+            *_specs(*PROMPT_DEFENSES, epochs=3),
+            *_advft_specs(epochs=2),
+        ),
+        eps={"Linf": [0.05, 0.1, 0.2], "L2": [0.5, 1.0]},
+        n=200,
+        sections=("unlearning",),
+        extra={"unlearning": {"preset": "quick"}},
+        description="digits:cnn bare, with VP / U-AVP / C-AVP and full / linear / LoRA PGD-AT, under PGD, "
+        "AutoAttack, transfer; quick SalUn vs retrain",
+    )
+
+
+@register_suite("quick")
+def quick_suite() -> Suite:
+    """The bare digits:cnn under PGD Linf / L2 only: the fastest end-to-end run."""
+    return Suite(
+        name="quick",
+        task="digits",
+        models=("digits:cnn",),
+        attacks=(PluginSpec("pgd", {"norm": "Linf", "steps": 20}), PluginSpec("pgd", {"norm": "L2", "steps": 20})),
         n=540,
         description="digits:cnn under PGD Linf/L2 at the task's default eps",
+    )
+
+
+@register_suite("prompts")
+def prompts_suite() -> Suite:
+    """Visual-prompt defenses (none / VP / U-AVP / C-AVP) x clean / PGD / AutoAttack / non-adaptive PGD."""
+    return Suite(
+        name="prompts",
+        task="digits",
+        models=("digits:cnn",),
+        attacks=_robustness_attacks(steps=20, autoattack={"n": 100}, transfer_n=300)[:3],
+        defenses=_specs(*PROMPT_DEFENSES),
+        eps={"Linf": [0.05, 0.1]},
+        n=300,
+        description="C-AVP vs U-AVP vs VP on digits:cnn, adaptive (whole pipeline) and non-adaptive attacks",
+    )
+
+
+@register_suite("advft")
+def advft_suite() -> Suite:
+    """Adversarial fine-tuning (PGD-AT: full / linear / LoRA) vs the bare model, with cost."""
+    return Suite(
+        name="advft",
+        task="digits",
+        models=("digits:cnn",),
+        attacks=_robustness_attacks(steps=20, autoattack={"n": 100}, transfer_n=300),
+        defenses=(PluginSpec("none"), *_advft_specs()),
+        eps={"Linf": [0.05, 0.1]},
+        n=300,
+        description="full / linear / LoRA PGD-AT on digits:cnn: robust accuracy against trainable parameters",
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from robustbench_peft.cli import main
 from robustbench_peft.validation import schema_errors
 
-FAST = ["--attack", "pgd:steps=5", "--eps", "0.1,0.2", "--n", "64", "--no-checks", "--quiet"]
+FAST = ["--suite", "quick", "--attack", "pgd:steps=5", "--eps", "0.1,0.2", "--n", "64", "--no-checks", "--quiet"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import pytest
 from robustbench_peft import distributed
 from robustbench_peft.errors import UserError
 
-EVAL = ["eval", "--model", "digits:cnn", "--attack", "pgd:steps=5", "--attack", "pgd:norm=L2,steps=5",
+EVAL = ["eval", "--suite", "quick", "--model", "digits:cnn", "--attack", "pgd:steps=5", "--attack", "pgd:norm=L2,steps=5",
         "--eps", "Linf:0.1,0.2", "--eps", "L2:1.0", "--num-examples", "96", "--batch-size", "32", "--quiet"]
 VOLATILE = {"seconds", "created", "environment"}
 
@@ -104,7 +104,7 @@ def test_backend_follows_the_device():
 def test_channels_last_and_amp_leave_attack_numbers_unchanged(tmp_path, capsys):
     from robustbench_peft.cli import main
 
-    fast = ["eval", "--attack", "pgd:steps=5", "--eps", "0.1", "--n", "64", "--no-checks", "--quiet"]
+    fast = ["eval", "--suite", "quick", "--attack", "pgd:steps=5", "--eps", "0.1", "--n", "64", "--no-checks", "--quiet"]
     assert main([*fast, "--out", str(tmp_path / "plain")]) == 0
     capsys.readouterr()
     assert main([*fast, "--out", str(tmp_path / "fast"), "--channels-last", "--amp", "bf16"]) == 0

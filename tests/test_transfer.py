@@ -146,7 +146,7 @@ def test_cli_eval_with_autoattack_and_transfer(tmp_path):
     from robustbench_peft.cli import main
 
     out = tmp_path / "run"
-    code = main(["eval", "--attack", "autoattack:version=custom,attacks=apgd-ce,n=32", "--attack", "transfer:n=64", "--eps", "0.1", "--out", str(out), "--quiet"])
+    code = main(["eval", "--suite", "quick", "--attack", "autoattack:version=custom,attacks=apgd-ce,n=32", "--attack", "transfer:n=64", "--eps", "0.1", "--out", str(out), "--quiet"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     (run,) = report["runs"]
