@@ -96,7 +96,7 @@ class UnlearnDiff(T2IAttack):
     needs_reference = True
 
     def __init__(self, k: int = 3, timesteps: int = 10, inner_steps: int = 10, lr: float = 0.01,
-                 noise_batch: int = 4, t_min: float = 0.0, t_max: float = 1.0, seed: int = 0) -> None:
+                 noise_batch: int = 8, t_min: float = 0.0, t_max: float = 1.0, seed: int = 0) -> None:
         if k < 1 or timesteps < 1 or inner_steps < 1 or lr <= 0 or noise_batch < 1:
             raise UserError("unlearndiff: k, timesteps, inner_steps, noise_batch must be >= 1 and lr > 0")
         if not 0.0 <= t_min < t_max <= 1.0:
@@ -130,10 +130,11 @@ class UnlearnDiff(T2IAttack):
         steps, text = 0, item.prompt
         history = []
         for t in self.schedule(target, gen):
+            # one noisy version of the target image per timestep: the inner steps compare prompts on the same x_t
             tt = torch.full((self.noise_batch,), t, dtype=torch.long)
+            noise = torch.randn((self.noise_batch, *x0.shape[1:]), generator=gen)
+            x_t = target.add_noise(x0.expand_as(noise), noise, tt)
             for _ in range(self.inner_steps):
-                noise = torch.randn((self.noise_batch, *x0.shape[1:]), generator=gen)
-                x_t = target.add_noise(x0.expand_as(noise), noise, tt)
                 chosen = self.relaxed_onehot(weights) @ table[pool]
                 embeds = base.clone()
                 embeds[slots] = chosen

@@ -33,9 +33,10 @@ PRE_ATTACK = "no_attack"
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "task": "digits-t2i",
-        "task_options": {"forget_digit": 3, "n_attack": 12, "n_kept": 8},
+        "task_options": {"forget_digit": 3, "n_attack": 10, "n_kept": 8},
         "unlearners": ["esd", "salun-dm"],
-        "attacks": ["unlearndiff", "random_tokens"],
+        # equal judge budgets: 8 judged generations per prompt for both attacks
+        "attacks": ["unlearndiff:timesteps=8", "random_tokens:trials=8"],
         "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
         "threads": 1,  # one thread: several times faster than two on a shared 2-core machine
         "seed": None,  # None: the suite's seed

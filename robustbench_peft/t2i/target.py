@@ -138,12 +138,14 @@ class TextToImageTarget:
         sampler.set_timesteps(steps)
         x = self.initial_noise(seeds) * sampler.init_noise_sigma
         uncond = self.encode_prompts([""]).expand(cond.shape[0], -1, -1)
+        both = torch.cat([uncond, cond])
         for t in sampler.timesteps:
-            eps_c = self.denoise(x, t, cond)
-            if guidance != 1.0:
-                eps_u = self.denoise(x, t, uncond)
-                eps_c = eps_u + guidance * (eps_c - eps_u)
-            x = sampler.step(eps_c, t, x).prev_sample
+            if guidance == 1.0:
+                eps = self.denoise(x, t, cond)
+            else:  # one UNet call for the unconditional and conditional halves
+                eps_u, eps_c = self.denoise(torch.cat([x, x]), t, both).chunk(2)
+                eps = eps_u + guidance * (eps_c - eps_u)
+            x = sampler.step(eps, t, x).prev_sample
         return self.x0_to_image(x)
 
     @torch.no_grad()
