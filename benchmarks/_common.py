@@ -42,6 +42,7 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.is_available(),
         "platform": platform.platform(),
         "load_average": [round(v, 2) for v in load] if load else None,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -70,13 +71,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def record(name: str, text: str, payload: dict[str, Any]) -> Path:
-    """Print ``text`` and write it and the JSON payload under reports/benchmarks/ atomically."""
+def record(name: str, text: str, payload: dict[str, Any], threads: int) -> Path:
+    """Print ``text`` and write it and the JSON payload under reports/benchmarks/ atomically,
+    as ``NAME-threadsN.{txt,json}`` (thread counts are recorded side by side, never overwritten)."""
     from robustbench_peft.atomic import write_bytes_atomic
 
     print(text)
-    write_bytes_atomic(OUT_DIR / f"{name}.txt", (text.rstrip() + "\n").encode())
-    path = write_bytes_atomic(OUT_DIR / f"{name}.json", (json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n").encode())
+    policy = os.environ.get("OMP_WAIT_POLICY", "").lower()
+    stem = f"{name}-threads{threads}" + (f"-{policy}" if policy else "")
+    write_bytes_atomic(OUT_DIR / f"{stem}.txt", (text.rstrip() + "\n").encode())
+    doc = {"benchmark": name, "machine": machine(), **payload}
+    path = write_bytes_atomic(OUT_DIR / f"{stem}.json", (json.dumps(doc, indent=2) + "\n").encode())
     print(f"\nrecorded: {path.relative_to(ROOT)}", file=sys.stderr)
     return path
 

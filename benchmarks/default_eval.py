@@ -84,7 +84,7 @@ def main() -> None:
         "attack_seconds": attack,
         "attack_share": attack / wall,
         "import_seconds": import_seconds,
-    })
+    }, threads=args.threads)
 
 
 if __name__ == "__main__":

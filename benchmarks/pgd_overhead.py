@@ -80,7 +80,7 @@ def main() -> None:
         "overhead": overhead,
         "goal": 0.05,
         "met": overhead <= 0.05,
-    })
+    }, threads=args.threads)
 
 
 if __name__ == "__main__":

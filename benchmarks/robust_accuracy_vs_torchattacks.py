@@ -87,7 +87,7 @@ def main() -> None:
         "robust_under_both": both,
         "goal": 1.3,
         "met": speedup >= 1.3 and acc_ours <= acc_ta + 1e-9,
-    })
+    }, threads=args.threads)
 
 
 if __name__ == "__main__":

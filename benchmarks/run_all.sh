@@ -3,7 +3,7 @@
 # and records their output under reports/benchmarks/.
 set -euo pipefail
 cd "$(dirname "$0")"
-python pgd_overhead.py
-python robust_accuracy_vs_torchattacks.py
-python autoattack_overhead.py
-python default_eval.py
+python pgd_overhead.py "$@"
+python robust_accuracy_vs_torchattacks.py "$@"
+python autoattack_overhead.py "$@"
+python default_eval.py "$@"

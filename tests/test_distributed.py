@@ -15,7 +15,7 @@ from robustbench_peft import distributed
 from robustbench_peft.errors import UserError
 
 EVAL = ["eval", "--suite", "quick", "--model", "digits:cnn", "--attack", "pgd:steps=5", "--attack", "pgd:norm=L2,steps=5",
-        "--eps", "Linf:0.1,0.2", "--eps", "L2:1.0", "--num-examples", "96", "--batch-size", "32", "--quiet"]
+        "--eps", "Linf:0.1,0.2", "--eps", "L2:1.0", "--num-examples", "64", "--batch-size", "16", "--quiet"]
 VOLATILE = {"seconds", "created", "environment"}
 
 
@@ -47,14 +47,14 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path):
     a = json.loads((single / "report.json").read_text())
     b = json.loads((sharded / "report.json").read_text())
     run_a, run_b = a["runs"][0], b["runs"][0]
-    # 96 samples in chunks of 32: rank 0 computed chunks 0 and 2, rank 1 chunk 1
-    assert len(run_b["attacks"]) == 3 and run_b["n"] == 96
+    # 64 samples in chunks of 16: rank 0 computed chunks 0 and 2, rank 1 chunks 1 and 3
+    assert len(run_b["attacks"]) == 3 and run_b["n"] == 64
     assert [x["correct"] for x in run_b["attacks"]] == [x["correct"] for x in run_a["attacks"]]
     assert [w["robust_accuracy"] for w in run_b["worst_case"]] == [w["robust_accuracy"] for w in run_a["worst_case"]]
     assert run_b["clean_accuracy"] == run_a["clean_accuracy"]
     assert _numbers(b) == _numbers(a)
     chunks = sorted(p.name for p in (sharded / ".checkpoint").glob("m0-d0-a*-c*.json"))
-    assert len(chunks) == 6, chunks  # both ranks checkpointed into the one output folder
+    assert len(chunks) == 8, chunks  # both ranks checkpointed into the one output folder
 
 
 def test_chunks_are_split_round_robin_and_cover_every_chunk():
