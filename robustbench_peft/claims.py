@@ -381,6 +381,8 @@ def verify(claims: list[Claim], runner: SuiteRunner, log: Callable[[str], None] 
             doc = runner(suites[key])
         except UserError as exc:
             doc, error = None, f"evaluation failed: {exc}"
+        except Exception as exc:  # one broken evaluation must not hide the verdicts of the others
+            doc, error = None, f"evaluation crashed: {type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - start
         log(f"  done in {seconds:.1f} s")
         for claim in members:

@@ -167,6 +167,14 @@ def test_evaluation_errors_become_error_rows():
     assert verdict.status == "ERROR" and "unknown attack" in verdict.reasons[0]
     assert "ERROR" in table([verdict])
 
+    def crashing(suite):
+        if suite.n == 200:
+            raise RuntimeError("out of memory")
+        return fake_report()
+
+    crashed, fine = verify([Claim.from_json(claim_doc()), Claim.from_json(claim_doc(id="other", evaluation={**claim_doc()["evaluation"], "n": 100}))], crashing)
+    assert crashed.status == "ERROR" and "RuntimeError: out of memory" in crashed.reasons[0] and fine.passed
+
 
 def test_verify_command_exit_codes_table_and_junit(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(claims_module, "run_suite", lambda suite, quiet=True, out=None: fake_report(fake_run(robust=0.5)))
