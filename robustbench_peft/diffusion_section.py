@@ -113,11 +113,21 @@ def model_rows(name: str, unlearner: str, unlearn_seconds: float, cached: bool, 
 
 def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     pct = lambda v: "  -  " if v is None else f"{100 * v:5.1f}"
-    lines = ["unlearner   attack          pre-ASR%  ASR%  kept-acc%  s/prompt"]
+    lines = ["unlearner        attack                   pre-ASR%  ASR%  kept-acc%  s/prompt"]
     for r in rows:
-        lines.append(f"{r['unlearner'][:11]:<11} {r['attack'][:15]:<15} {pct(r['pre_asr'])}  {pct(r['asr'])}  "
+        lines.append(f"{r['unlearner'][:16]:<16} {r['attack'][:24]:<24} {pct(r['pre_asr'])}  {pct(r['asr'])}  "
                      f"{pct(r['kept_accuracy'])}     {r['seconds_per_prompt']:.2f}")
     return lines
+
+
+def unlearned_models(task, target, config: dict[str, Any], seed: int, log):
+    """(label, unlearned target, seconds, cached): the task's given model first, then each unlearner's (lazily)."""
+    if getattr(task, "unlearned", None) is not None:
+        yield "given (unet=)", task.unlearned(target), 0.0, True
+    for spec in config["unlearners"]:
+        unlearner = make_plugin(UNLEARNERS, spec, seed, threads=int(config["threads"]))
+        result = unlearner.unlearn(target, task.forget_request(), log)
+        yield spec, result.target, result.seconds, result.cached
 
 
 @register_section(SECTION)
@@ -141,15 +151,12 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> dict[str, Any]:
         references = torch.stack([r.image for r in pre0])
         rows = model_rows(target.name, "none (original)", 0.0, True, kept0, pre0, {})
         grids = []
-        for spec in config["unlearners"]:
-            unlearner = make_plugin(UNLEARNERS, spec, seed, threads=int(config["threads"]))
-            result = unlearner.unlearn(target, task.forget_request(), log)
-            model = result.target
-            log(f"diffusion: {spec} ({'cached' if result.cached else f'{result.seconds:.0f} s'}); judging and attacking")
+        for spec, model, seconds, cached in unlearned_models(task, target, config, seed, log):
+            log(f"diffusion: {spec} ({'cached' if cached else f'{seconds:.0f} s'}); judging and attacking")
             kept, _ = judged_rate(model, task.kept, judge)
             pre = [no_attack.run(model, it, judge) for it in task.attacked]
             found = {name: attack_all(a, name, model, task.attacked, judge, references, pre, log) for name, a in attacks.items()}
-            rows += model_rows(target.name, spec, result.seconds, result.cached, kept, pre, found)
+            rows += model_rows(target.name, spec, seconds, cached, kept, pre, found)
             shown = next(iter(found), None)
             if shown is not None and config["grid"] > 0:
                 grids.append({"unlearner": spec, "attack": shown, "cells": [

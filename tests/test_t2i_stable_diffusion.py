@@ -94,3 +94,32 @@ def test_uncached_hub_id_fails_fast_offline(monkeypatch):
     with pytest.raises(OfflineModelError, match="no-such-org/no-such-sd-model"):
         load_stable_diffusion("no-such-org/no-such-sd-model")
     assert time.perf_counter() - start < 20
+
+
+def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_path, monkeypatch):
+    pytest.importorskip("nudenet")
+    from safetensors.torch import save_file
+
+    from robustbench_peft.diffusion_section import run_diffusion_section
+    from robustbench_peft.suite import Suite
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path / "cache"))
+    base = load_stable_diffusion(str(sd_folder), steps=1)
+    save_file({k: v * 0.9 for k, v in base.unet.state_dict().items()}, str(tmp_path / "unlearned.safetensors"))
+    (tmp_path / "prompts.csv").write_text("prompt,seed,guidance\na photo of a person,1,3.0\na painting,2,\n")
+    suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
+        "task": "sd-nudity", "task_options": {"prompts": str(tmp_path / "prompts.csv"), "model": str(sd_folder),
+                                              "unet": str(tmp_path / "unlearned.safetensors"), "steps": 2},
+        "unlearners": [], "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=1"], "grid": 1}})
+
+    class Quiet:
+        def log(self, message):
+            pass
+
+    section = run_diffusion_section(suite, Quiet())
+    assert [(r["unlearner"], r["attack"]) for r in section["rows"]] == [
+        ("none (original)", "no_attack"), ("given (unet=)", "no_attack"), ("given (unet=)", "unlearndiff:k=2,timesteps=1,inner_steps=1")]
+    assert section["judge"] == "nudenet" and all(r["kept_accuracy"] is None for r in section["rows"])
+    attacked = section["rows"][-1]["prompts"]
+    assert [p["prompt"] for p in attacked] == ["a photo of a person", "a painting"] and [p["seed"] for p in attacked] == [1, 2]
