@@ -24,10 +24,11 @@ def _advft_specs(**options: object) -> tuple[PluginSpec, ...]:
 def _robustness_attacks(steps: int, autoattack: dict[str, object], transfer_n: int) -> tuple[PluginSpec, ...]:
     """Cheap first: PGD (adaptive), PGD crafted on the bare base model (non-adaptive /
     downstream transfer; defenses only), AutoAttack (APGD-CE + APGD-T) and transfer from
-    the digits surrogate."""
+    the digits surrogate. PGD uses the margin (CW) loss: cross-entropy saturates on
+    C-AVP's diagonal log-probabilities and overestimates its robustness."""
     return (
-        PluginSpec("pgd", {"norm": "Linf", "steps": steps}),
-        PluginSpec("pgd", {"norm": "Linf", "steps": steps, "mode": "nonadaptive"}),
+        PluginSpec("pgd", {"norm": "Linf", "steps": steps, "loss": "cw"}),
+        PluginSpec("pgd", {"norm": "Linf", "steps": steps, "loss": "cw", "mode": "nonadaptive"}),
         PluginSpec("autoattack", {"version": "custom", "attacks": "apgd-ce+apgd-t", **autoattack}),
         PluginSpec("transfer", {"n": transfer_n}),
     )
