@@ -409,7 +409,7 @@ def table(verdicts: list[Verdict]) -> str:
         cells = [str(c).ljust(w) for c, w in zip(row, widths)] + [row[-1]]
         lines.append("  ".join(cells).rstrip())
     passed = sum(v.passed for v in verdicts)
-    lines.append(f"\n{passed}/{len(verdicts)} claims reproduce" + ("" if passed == len(verdicts) else f"; {len(verdicts) - passed} do not"))
+    lines.append(f"\n{passed}/{len(verdicts)} claims reproduce" + ("" if passed == len(verdicts) else f"; {len(verdicts) - passed} {'does' if len(verdicts) - passed == 1 else 'do'} not"))
     return "\n".join(lines)
 
 

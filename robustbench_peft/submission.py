@@ -7,7 +7,7 @@ every reason for rejection (exit 1). Unreadable input is a user error (exit 2).
 
 Requirements: the report matches its schema; it has at least one classifier
 run; every run passed its sanity checks; every run evaluated at least
-``--min-n`` examples; every run includes AutoAttack and an adaptive attack
+``--min-n`` examples, AutoAttack included; every run includes AutoAttack and an adaptive attack
 (one that sees the whole defended pipeline); the weights of every model and
 fitted defense are identified by a SHA-256.
 """
@@ -53,8 +53,11 @@ def run_reasons(i: int, run: dict[str, Any], min_n: int) -> list[str]:
     if not isinstance(n, int) or n < min_n:
         reasons.append(f"{name}: n={n} is below the minimum of {min_n} examples")
     attacks = run.get("attacks") or []
-    if not any(attack_kind(a) == "autoattack" for a in attacks):
+    autoattack = [a for a in attacks if attack_kind(a) == "autoattack"]
+    if not autoattack:
         reasons.append(f"{name}: no AutoAttack evaluation (add --attack autoattack)")
+    elif max(int(a.get("n") or 0) for a in autoattack) < min_n:
+        reasons.append(f"{name}: AutoAttack ran on {max(int(a.get('n') or 0) for a in autoattack)} examples, below the minimum of {min_n}")
     if not any(a.get("adaptive") is True for a in attacks):
         reasons.append(f"{name}: no adaptive attack (an attack that sees the whole defended pipeline)")
     if not SHA256.match(str((run.get("model") or {}).get("sha256", ""))):
@@ -89,6 +92,8 @@ def load_card(path: str | None) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read card {path}: {exc}") from None
+    if isinstance(doc, dict) and "claims" in doc:  # a claim collection: the first claim that has a card
+        doc = next((c for c in doc["claims"] if isinstance(c, dict) and "card" in c), {})
     card = doc.get("card", doc) if isinstance(doc, dict) else doc
     from .claims import claim_schema
 

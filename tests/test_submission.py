@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from robustbench_peft.cli import main
+from robustbench_peft.errors import UserError
 from robustbench_peft.submission import rejection_reasons
 from test_leaderboard import fake_report, fake_run, write_report
 
@@ -53,6 +56,13 @@ def test_min_n_is_an_option():
     assert rejection_reasons(doc, min_n=50) == []
 
 
+def test_autoattack_on_a_subset_below_min_n_is_rejected():
+    run = fake_run(n=200)
+    run["attacks"][1]["n"] = 50  # autoattack on the first 50 only
+    assert rejection_reasons(fake_report(run), min_n=100) == ["run 0 (digits:cnn / cavp): AutoAttack ran on 50 examples, below the minimum of 100"]
+    assert rejection_reasons(fake_report(run), min_n=50) == []
+
+
 def test_a_report_with_no_runs_or_broken_schema_is_rejected():
     assert any("no classifier runs" in r for r in rejection_reasons({**fake_report(), "runs": []}))
     assert rejection_reasons([1, 2])[0].startswith("schema:")
@@ -68,3 +78,14 @@ def test_unreadable_input_is_a_user_error(tmp_path, capsys):
     card.write_text(json.dumps({"reported": 7}))
     assert main(["submit", str(good), "--out", str(tmp_path / "o"), "--card", str(card)]) == 2
     assert "card" in capsys.readouterr().err
+
+
+def test_card_can_come_from_a_claim_file(tmp_path):
+    from robustbench_peft.submission import load_card
+
+    claims = tmp_path / "claims.json"
+    claims.write_text(json.dumps({"claims": [{"id": "a"}, {"id": "b", "card": {"name": "LoRA AT", "external": 0.7}}]}))
+    assert load_card(str(claims)) == {"name": "LoRA AT", "external": 0.7}
+    claims.write_text(json.dumps({"card": {"name": "x", "nosuch": 1}}))
+    with pytest.raises(UserError, match="invalid"):
+        load_card(str(claims))
