@@ -163,7 +163,10 @@ def accuracy_plot(report: Report) -> bytes:
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no classifier runs in this report", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
