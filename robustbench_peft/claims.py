@@ -436,12 +436,19 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="claim files or directories of them (*.json)")
     p.add_argument("--junit", metavar="PATH", help="also write a JUnit XML file (one test case per claim)")
     p.add_argument("--out", metavar="DIR", help="write each evaluation's report (json, md, html) into DIR/<claim id>/")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is often fastest for the digits claims on a busy machine")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 @subcommand("verify", "re-run claims and check each still reproduces (exit 1 if any does not)", add_verify_arguments)
 def cmd_verify(args: argparse.Namespace) -> int:
     claims = collect_claims(args.paths)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     log = (lambda m: None) if args.quiet else (lambda m: print(f"[verify] {m}", file=sys.stderr))
     out = Path(args.out) if args.out else None
 

@@ -201,6 +201,8 @@ def test_verify_command_user_errors(tmp_path, capsys):
     assert "no claim file or directory" in capsys.readouterr().err
     assert main(["verify", str(tmp_path)]) == 2
     assert "no claim files" in capsys.readouterr().err
+    assert main(["verify", str(CLAIMS_DIR), "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
 
 
 def test_verify_runs_a_real_evaluation(tmp_path, capsys):
