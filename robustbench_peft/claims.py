@@ -34,7 +34,6 @@ from .suite import Suite
 
 CLAIM_SCHEMA_PATH = Path(__file__).parent / "schema" / "claim.schema.json"
 UNLEARNING = "unlearning"
-DIRECTIONS = (">=", "<=", "==")
 #: Slack for float noise when comparing a measured value with its bound.
 COMPARE_EPSILON = 1e-9
 

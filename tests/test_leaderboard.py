@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from robustbench_peft.cli import main
-from robustbench_peft.leaderboard import Entry, attack_kind, deduplicate, entries_from_report, html_page, markdown, rank, write_leaderboard
+from robustbench_peft.leaderboard import attack_kind, deduplicate, entries_from_report, html_page, markdown, rank, write_leaderboard
 from robustbench_peft.validation import schema_errors
 
 
