@@ -162,38 +162,61 @@ class PGD(Attack):
         return best
 
     def _one_run(self, model, x, y, target, eps, generator):
-        """One PGD run; returns (fooled flags, final or first-fooling iterate)."""
+        """One PGD run; returns (fooled flags, final or first-fooling iterate).
+
+        While no sample is fooled, whole tensors are used as they are (no index-and-copy);
+        the last forward pass, which only decides success, runs without a graph.
+        """
         x_adv = random_start(x, eps, self.norm, generator) if self.random_start else x.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         grad_avg = torch.zeros_like(x)
         base_alpha = self.alpha(eps)
+        shape = (-1, *([1] * (x.dim() - 1)))
         for t in range(self.steps + 1):
-            active = (~found).nonzero().flatten() if self.early_stop else torch.arange(len(x), device=x.device)
-            if len(active) == 0:
+            last = t == self.steps
+            # None: every row takes part (the common case until the first sample breaks).
+            active = (~found).nonzero().flatten() if self.early_stop and bool(found.any()) else None
+            if active is not None and len(active) == 0:
                 break
-            xa = x_adv[active].clone().requires_grad_(True)
-            ya = y[active]
-            ta = None if target is None else target[active]
-            logits = model(diverse_input(xa, self.input_diversity, generator))
-            fooled = self._fooled(logits.detach(), ya, ta) if self.input_diversity == 0 else self._fooled(model(xa).detach(), ya, ta)
+            ya = y if active is None else y[active]
+            ta = target if target is None or active is None else target[active]
+            xa = (x_adv if active is None else x_adv[active]).detach().requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                logits = model(diverse_input(xa, self.input_diversity, generator))
+            if self.input_diversity == 0:
+                fooled = self._fooled(logits.detach(), ya, ta)
+            else:
+                with torch.no_grad():
+                    fooled = self._fooled(model(xa), ya, ta)
+            rows = slice(None) if active is None else active
             if self.early_stop:
-                found[active] |= fooled
-            elif t == self.steps:
-                found[active] = fooled
-            if t == self.steps:
+                found[rows] |= fooled
+            elif last:
+                found[rows] = fooled
+            if last:
                 break
             grad = torch.autograd.grad(self.loss_fn(logits, ya, ta).sum(), xa)[0].detach()
-            step_rows = ~fooled if self.early_stop else torch.ones_like(fooled)
-            idx = active[step_rows]
-            grad = grad[step_rows]
+            if active is None and not (self.early_stop and bool(fooled.any())):
+                idx = None  # every row steps
+            else:
+                step_rows = ~fooled if self.early_stop else torch.ones_like(fooled)
+                idx = (torch.arange(len(x), device=x.device) if active is None else active)[step_rows]
+                grad = grad[step_rows]
             if self.momentum > 0:
-                grad = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                grad_avg[idx] = self.momentum * grad_avg[idx] + grad
-                grad = grad_avg[idx]
+                grad = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(shape)
+                if idx is None:
+                    grad_avg = self.momentum * grad_avg + grad
+                    grad = grad_avg
+                else:
+                    grad_avg[idx] = self.momentum * grad_avg[idx] + grad
+                    grad = grad_avg[idx]
             alpha = base_alpha * SCHEDULES[self.schedule](t, self.steps)
             if self.norm == "Linf":
                 step = alpha * grad.sign()
             else:
-                step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-            x_adv[idx] = project(x[idx], x_adv[idx] + step, eps, self.norm)
+                step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+            if idx is None:
+                x_adv = project(x, x_adv + step, eps, self.norm)
+            else:
+                x_adv[idx] = project(x[idx], x_adv[idx] + step, eps, self.norm)
         return found, x_adv

@@ -19,6 +19,7 @@ peft scopes use peft's own format (``PeftModel.save_pretrained``).
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import time
 from dataclasses import asdict
@@ -206,8 +207,6 @@ class AdversarialFineTune(Defense):
 
     def recipe(self, base: ClassifierTarget, task: ClassificationTask, layout: Layout, adapted: list[str]) -> dict[str, Any]:
         """Everything that determines the trained tensors (the cache key)."""
-        import peft
-
         options = {k: v for k, v in self.config().items() if k not in self.fit_info}
         return {
             "defense": self.name,
@@ -216,7 +215,7 @@ class AdversarialFineTune(Defense):
             "data": task.recipe(),
             "adapted": adapted,
             "head_module": layout.head,
-            "peft": peft.__version__,
+            "peft": importlib.metadata.version("peft"),  # not `import peft`: seconds, for a version string
             **options,
         }
 
