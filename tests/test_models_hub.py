@@ -420,3 +420,54 @@ def test_cli_offline_model_exits_2_quickly(tmp_path):
         assert seconds < limit, f"took {seconds:.1f} s"
     assert "HF_HUB_OFFLINE" in results[0][0][0].stderr
     assert "127.0.0.1:9 is unreachable" in results[1][0][0].stderr
+
+
+STAND_IN_ROBUSTBENCH = {
+    "__init__.py": "",
+    "model_zoo/__init__.py": (
+        "from .enums import BenchmarkDataset, ThreatModel\n"
+        "model_dicts = {BenchmarkDataset('cifar10'): {ThreatModel('Linf'): {'Tiny2099': None}}}\n"
+    ),
+    "model_zoo/enums.py": (
+        "from enum import Enum\n"
+        "class BenchmarkDataset(Enum):\n    cifar_10 = 'cifar10'\n"
+        "class ThreatModel(Enum):\n    Linf = 'Linf'\n    L2 = 'L2'\n"
+    ),
+    "utils.py": (
+        "import os, torch\n"
+        "def load_model(model_name, model_dir, dataset, threat_model):\n"
+        "    # RobustBench's layout: MODEL_DIR/DATASET/THREAT/NAME.pt holding {'state_dict': ...}\n"
+        "    path = os.path.join(model_dir, dataset, threat_model, model_name + '.pt')\n"
+        "    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))\n"
+        "    model.load_state_dict(torch.load(path, map_location='cpu')['state_dict'])\n"
+        "    return model.eval()\n"
+    ),
+}
+
+
+def test_robustbench_zoo_layout_through_a_stand_in_package(tmp_path, monkeypatch):
+    """The robustbench: loader end to end against a package with robustbench's API and on-disk layout."""
+    from attacks.pgd import PGD
+
+    package = tmp_path / "site" / "robustbench"
+    for relative, text in STAND_IN_ROBUSTBENCH.items():
+        (package / relative).parent.mkdir(parents=True, exist_ok=True)
+        (package / relative).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "robustbench" or m.startswith("robustbench.")]:
+        monkeypatch.delitem(sys.modules, name)
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    checkpoint = tmp_path / "zoo" / "cifar10" / "Linf" / "Tiny2099.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": reference.state_dict()}, checkpoint)
+
+    target = load_target("robustbench:cifar10/Linf/Tiny2099", model_dir=str(tmp_path / "zoo"))
+    x = torch.rand(6, 3, 32, 32)
+    assert target.input_shape == (3, 32, 32) and target.n_classes == 10
+    assert torch.allclose(target(x), reference(x), atol=1e-6)  # zoo models take [0,1]: no normalisation added
+    y = target.predict(x)
+    result = PGD(steps=5, progress=False)(target, x, y, [8 / 255])
+    assert (result.x_adv[0] - x).abs().max() <= 8 / 255 + 1e-6 and result.robust_accuracy[0] < 1.0
+    with pytest.raises(UserError, match="no cifar10/Linf model 'Tiny2098'"):
+        load_target("robustbench:cifar10/Linf/Tiny2098", model_dir=str(tmp_path / "zoo"))
