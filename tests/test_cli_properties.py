@@ -66,3 +66,29 @@ def test_any_subcommand_never_tracebacks(command, extra):
         assert exc.code == 0
         return
     assert code in (0, 2)
+
+
+CLAIM_KEYS = ["id", "description", "evaluation", "metric", "claimed", "tolerance", "direction", "card", "claims", "schema_version",
+              "task", "model", "defense", "unlearner", "attacks", "eps", "n", "seed", "name", "threat_model", "Linf", "key"]
+JSON_LEAVES = st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    ["digits", "digits:cnn", "pgd:steps=1", "nosuch", ">=", "<=", "robust_accuracy", "clean_accuracy", "unlearning", "Linf", "", "1.0"])
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(CLAIM_KEYS), children, max_size=6), max_leaves=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=JSON_VALUES | st.dictionaries(st.sampled_from(CLAIM_KEYS), JSON_VALUES, max_size=8), raw=st.booleans(), text=st.text(max_size=40))
+def test_verify_never_tracebacks_on_any_claim_file(document, raw, text, tmp_path_factory, stop_before_attacking, capsys):
+    import json
+
+    folder = tmp_path_factory.mktemp("claims")
+    path = folder / "claim.json"
+    path.write_text(text if raw else json.dumps(document))
+    try:
+        code = cli.main(["verify", str(path), "--quiet", "--out", str(folder / "out")])
+    except ReachedEvaluation:  # a well-formed claim reached its evaluation
+        return
+    captured = capsys.readouterr()
+    assert code in (1, 2), (document, captured.err)
+    assert "Traceback" not in captured.err + captured.out
+    if code == 2:
+        assert captured.err.startswith("error: ") and captured.err.strip().count("\n") == 0, captured.err
