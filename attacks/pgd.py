@@ -152,20 +152,22 @@ class PGD(Attack):
                 target = TARGET_CHOICES[self.target_choice](model(x), y, generator)
         best = x.clone()
         done = torch.zeros(len(x), dtype=torch.bool, device=device)
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             todo = (~done).nonzero().flatten()
             if len(todo) == 0:
                 break
-            found, x_last = self._one_run(model, x[todo], y[todo], None if target is None else target[todo], eps, generator)
+            final_check = restart < self.restarts - 1  # the last restart's flags are never read
+            found, x_last = self._one_run(model, x[todo], y[todo], None if target is None else target[todo], eps, generator, final_check)
             best[todo] = x_last  # fooling iterates are frozen; others keep the latest restart's last iterate
             done[todo] |= found
         return best
 
-    def _one_run(self, model, x, y, target, eps, generator):
+    def _one_run(self, model, x, y, target, eps, generator, final_check: bool = True):
         """One PGD run; returns (fooled flags, final or first-fooling iterate).
 
         While no sample is fooled, whole tensors are used as they are (no index-and-copy);
-        the last forward pass, which only decides success, runs without a graph.
+        the last forward pass, which only decides success, runs without a graph, and not
+        at all without ``final_check`` (the caller re-measures the returned inputs anyway).
         """
         x_adv = random_start(x, eps, self.norm, generator) if self.random_start else x.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -174,6 +176,8 @@ class PGD(Attack):
         shape = (-1, *([1] * (x.dim() - 1)))
         for t in range(self.steps + 1):
             last = t == self.steps
+            if last and not final_check and self.input_diversity == 0:
+                break  # (with input diversity the pass also draws randomness: keep the stream)
             # None: every row takes part (the common case until the first sample breaks).
             active = (~found).nonzero().flatten() if self.early_stop and bool(found.any()) else None
             if active is not None and len(active) == 0:
@@ -183,7 +187,9 @@ class PGD(Attack):
             xa = (x_adv if active is None else x_adv[active]).detach().requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 logits = model(diverse_input(xa, self.input_diversity, generator))
-            if self.input_diversity == 0:
+            if not (self.early_stop or last):
+                fooled = None  # only read when stopping early or after the last step
+            elif self.input_diversity == 0:
                 fooled = self._fooled(logits.detach(), ya, ta)
             else:
                 with torch.no_grad():
