@@ -30,6 +30,7 @@ from .atomic import write_text_atomic
 from .cli import subcommand
 from .errors import UserError
 from .options import PluginSpec, parse_plugin_spec
+from .paths import json_files
 from .suite import Suite
 
 CLAIM_SCHEMA_PATH = Path(__file__).parent / "schema" / "claim.schema.json"
@@ -172,18 +173,7 @@ def load_claim_file(path: str | Path) -> list[Claim]:
 
 def claim_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files named directly, plus every ``*.json`` under a named directory (sorted)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*.json") if f.is_file())
-            if not found:
-                raise UserError(f"no claim files (*.json) under {p}")
-            files += found
-        elif p.exists():
-            files.append(p)
-        else:
-            raise UserError(f"no claim file or directory at {p}")
-    return files
+    return json_files(paths, lambda f: True, "claim files (*.json)", "claim file or directory")
 
 
 def collect_claims(paths: Iterable[str | Path]) -> list[Claim]:

@@ -23,7 +23,7 @@ from .options import build, parse_plugin_spec
 from .registry import ATTACKS, TASKS, UNLEARNERS, load_plugins, register_suite
 from .render import SECTION_PLOTS, SECTION_TABLES
 from .runner import Runner, register_section
-from .suite import Suite
+from .suite import Suite, section_settings
 from .t2i.attack_base import PromptResult
 from .t2i.evaluate import attack_all, judged_rate, summarize
 from .t2i.target import torch_threads
@@ -46,14 +46,7 @@ DEFAULT_PRESET = "digits"
 
 
 def section_config(suite: Suite) -> dict[str, Any]:
-    extra = dict(suite.extra.get(SECTION) or {})
-    preset = extra.pop("preset", DEFAULT_PRESET)
-    if preset not in PRESETS:
-        raise UserError(f"diffusion: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    unknown = sorted(set(extra) - set(PRESETS[preset]))
-    if unknown:
-        raise UserError(f"diffusion: unknown setting(s) {', '.join(unknown)}; valid: preset, {', '.join(PRESETS[preset])}")
-    config = {**PRESETS[preset], **extra, "preset": preset}
+    config = section_settings(suite, SECTION, PRESETS, DEFAULT_PRESET)
     config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
     return config
 

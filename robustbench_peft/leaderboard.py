@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .cli import subcommand
 from .errors import UserError
+from .paths import json_files
 
 PLOT_NAME = "robust_accuracy_vs_trainable_parameters.png"
 SUBMISSION_KEY = "submission_version"
@@ -145,18 +146,7 @@ def load_document(path: Path) -> list[Entry]:
 
 def input_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files named directly; under a directory, every report.json and submission*.json (sorted)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*.json") if f.name == "report.json" or f.name.startswith("submission"))
-            if not found:
-                raise UserError(f"no report.json or submission*.json under {p}")
-            files += found
-        elif p.exists():
-            files.append(p)
-        else:
-            raise UserError(f"no report or submission at {p}")
-    return files
+    return json_files(paths, lambda f: f.name == "report.json" or f.name.startswith("submission"), "report.json or submission*.json", "report or submission")
 
 
 def deduplicate(entries: list[Entry]) -> list[Entry]:

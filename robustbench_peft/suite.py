@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .errors import UserError
 from .options import PluginSpec
 
 #: Attack options handled by the runner rather than by the attack itself.
@@ -87,3 +88,16 @@ class Suite:
             "sections": list(self.sections),
             **({"extra": self.extra} if self.extra else {}),
         }
+
+
+def section_settings(suite: Suite, section: str, presets: dict[str, dict[str, Any]], default: str) -> dict[str, Any]:
+    """A report section's settings: the preset named in ``suite.extra[section]`` (else ``default``)
+    overlaid by the other keys there; an unknown preset or key is a :class:`UserError`."""
+    extra = dict(suite.extra.get(section) or {})
+    preset = extra.pop("preset", default)
+    if preset not in presets:
+        raise UserError(f"{section}: unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    unknown = sorted(set(extra) - set(presets[preset]))
+    if unknown:
+        raise UserError(f"{section}: unknown setting(s) {', '.join(unknown)}; valid: preset, {', '.join(presets[preset])}")
+    return {**presets[preset], **extra, "preset": preset}

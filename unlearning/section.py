@@ -17,7 +17,7 @@ from robustbench_peft.options import build, parse_plugin_spec
 from robustbench_peft.registry import UNLEARNERS, register_suite
 from robustbench_peft.render import SECTION_PLOTS, SECTION_TABLES
 from robustbench_peft.runner import Runner, load_task, register_section
-from robustbench_peft.suite import Suite
+from robustbench_peft.suite import Suite, section_settings
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
 
@@ -59,14 +59,7 @@ def _as_list(value: Any, key: str) -> list[str]:
 
 def section_config(suite: Suite) -> dict[str, Any]:
     """The section's settings: a preset overlaid by ``suite.extra["unlearning"]``."""
-    extra = dict(suite.extra.get(SECTION) or {})
-    preset = extra.pop("preset", DEFAULT_PRESET)
-    if preset not in PRESETS:
-        raise UserError(f"unlearning: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    unknown = sorted(set(extra) - set(PRESETS[preset]))
-    if unknown:
-        raise UserError(f"unlearning: unknown setting(s) {', '.join(unknown)}; valid: preset, {', '.join(PRESETS[preset])}")
-    config = {**PRESETS[preset], **extra, "preset": preset}
+    config = section_settings(suite, SECTION, PRESETS, DEFAULT_PRESET)
     config["methods"] = _as_list(config["methods"], "methods")
     config["scenarios"] = _as_list(config["scenarios"], "scenarios")
     config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
