@@ -13,11 +13,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from robustbench_peft.attack import Attack, batches
+from robustbench_peft.attack import Attack
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_attack
 from robustbench_peft.threat_model import project, random_start
 
+from .active_batch import ActiveBatch
 from .losses import get_loss
 
 SCHEDULES: dict[str, Callable[[int, int], float]] = {
@@ -134,24 +135,11 @@ class PGD(Attack):
         return (self.rel_step_size or 2.5 / self.steps) * eps
 
     def perturb(self, model, x, y, eps, generator):
-        out = x.clone()
-        for part in batches(len(x), self.batch_size):
-            out[part] = self._perturb_batch(model, x[part], y[part], eps, generator)
-        return out
-
-    def _fooled(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        pred = logits.argmax(1)
-        return pred == target if target is not None else pred != y
-
-    def _perturb_batch(self, model, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
-        device = model.device
-        x, y = x.to(device), y.to(device)
         target = None
         if self.targeted:
-            with torch.no_grad():
-                target = TARGET_CHOICES[self.target_choice](model(x), y, generator)
+            target = TARGET_CHOICES[self.target_choice](model.logits(x, self.batch_size), y, generator)
         best = x.clone()
-        done = torch.zeros(len(x), dtype=torch.bool, device=device)
+        done = torch.zeros(len(x), dtype=torch.bool)
         for restart in range(self.restarts):
             todo = (~done).nonzero().flatten()
             if len(todo) == 0:
@@ -162,67 +150,64 @@ class PGD(Attack):
             done[todo] |= found
         return best
 
-    def _one_run(self, model, x, y, target, eps, generator, final_check: bool = True):
-        """One PGD run; returns (fooled flags, final or first-fooling iterate).
+    def _fooled(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == target if target is not None else pred != y
 
-        While no sample is fooled, whole tensors are used as they are (no index-and-copy);
-        the last forward pass, which only decides success, runs without a graph, and not
-        at all without ``final_check`` (the caller re-measures the returned inputs anyway).
+    def _one_run(self, model, x, y, target, eps, generator, final_check: bool = True):
+        """One PGD run over every sample; returns (fooled flags, first-fooling or final iterates).
+
+        Samples flow through an :class:`ActiveBatch` of ``batch_size`` slots: a sample
+        leaves it the step it is fooled (``early_stop``) or after its last step, and the
+        next one waiting takes its slot. Samples that ran every step unfooled are checked
+        in one graph-free pass at the end, and not at all without ``final_check`` (the
+        caller re-measures the returned inputs anyway).
         """
-        x_adv = random_start(x, eps, self.norm, generator) if self.random_start else x.clone()
-        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        grad_avg = torch.zeros_like(x)
-        base_alpha = self.alpha(eps)
+        start = random_start(x, eps, self.norm, generator) if self.random_start else x
+        out = start.clone()
+        found = torch.zeros(len(x), dtype=torch.bool)
+        unchecked: list[torch.Tensor] = []
+        alphas = [self.alpha(eps) * SCHEDULES[self.schedule](t, self.steps) for t in range(self.steps)]
+        constant_alpha = len(set(alphas)) == 1
+        alpha_table = torch.tensor(alphas, dtype=x.dtype, device=model.device)
         shape = (-1, *([1] * (x.dim() - 1)))
-        for t in range(self.steps + 1):
-            last = t == self.steps
-            if last and not final_check and self.input_diversity == 0:
-                break  # (with input diversity the pass also draws randomness: keep the stream)
-            # None: every row takes part (the common case until the first sample breaks).
-            active = (~found).nonzero().flatten() if self.early_stop and bool(found.any()) else None
-            if active is not None and len(active) == 0:
-                break
-            ya = y if active is None else y[active]
-            ta = target if target is None or active is None else target[active]
-            xa = (x_adv if active is None else x_adv[active]).detach().requires_grad_(not last)
-            with torch.set_grad_enabled(not last):
-                logits = model(diverse_input(xa, self.input_diversity, generator))
-            if not (self.early_stop or last):
-                fooled = None  # only read when stopping early or after the last step
+        batch = ActiveBatch.empty(x, model.device, targeted=target is not None, momentum=self.momentum > 0)
+        waiting = 0
+        while waiting < len(x) or len(batch):
+            if len(batch) < self.batch_size and waiting < len(x):
+                rows = torch.arange(waiting, min(len(x), waiting + self.batch_size - len(batch)))
+                waiting += len(rows)
+                batch.admit(rows, x[rows], start[rows], y[rows], None if target is None else target[rows])
+            xa = batch.x_adv.detach().requires_grad_(True)
+            logits = model(diverse_input(xa, self.input_diversity, generator))
+            if not self.early_stop:
+                fooled = torch.zeros(len(batch), dtype=torch.bool, device=xa.device)
             elif self.input_diversity == 0:
-                fooled = self._fooled(logits.detach(), ya, ta)
+                fooled = self._fooled(logits.detach(), batch.y, batch.target)
             else:
                 with torch.no_grad():
-                    fooled = self._fooled(model(xa), ya, ta)
-            rows = slice(None) if active is None else active
-            if self.early_stop:
-                found[rows] |= fooled
-            elif last:
-                found[rows] = fooled
-            if last:
-                break
-            grad = torch.autograd.grad(self.loss_fn(logits, ya, ta).sum(), xa)[0].detach()
-            if active is None and not (self.early_stop and bool(fooled.any())):
-                idx = None  # every row steps
-            else:
-                step_rows = ~fooled if self.early_stop else torch.ones_like(fooled)
-                idx = (torch.arange(len(x), device=x.device) if active is None else active)[step_rows]
-                grad = grad[step_rows]
-            if self.momentum > 0:
+                    fooled = self._fooled(model(xa), batch.y, batch.target)
+            grad = torch.autograd.grad(self.loss_fn(logits, batch.y, batch.target).sum(), xa)[0].detach()
+            if batch.momentum is not None:
                 grad = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(shape)
-                if idx is None:
-                    grad_avg = self.momentum * grad_avg + grad
-                    grad = grad_avg
-                else:
-                    grad_avg[idx] = self.momentum * grad_avg[idx] + grad
-                    grad = grad_avg[idx]
-            alpha = base_alpha * SCHEDULES[self.schedule](t, self.steps)
+                batch.momentum = self.momentum * batch.momentum + grad
+                grad = batch.momentum
+            alpha = alphas[0] if constant_alpha else alpha_table[batch.step].view(shape)
             if self.norm == "Linf":
                 step = alpha * grad.sign()
             else:
                 step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-            if idx is None:
-                x_adv = project(x, x_adv + step, eps, self.norm)
-            else:
-                x_adv[idx] = project(x[idx], x_adv[idx] + step, eps, self.norm)
-        return found, x_adv
+            stepped = project(batch.x_clean, batch.x_adv + step, eps, self.norm)
+            batch.x_adv = torch.where(fooled.view(shape), batch.x_adv, stepped)  # a fooling iterate is kept as it is
+            batch.step += 1
+            retire = fooled | (batch.step >= self.steps)
+            if bool(retire.any()):
+                leaving, fooled_cpu = batch.rows[retire.cpu()], fooled[retire].cpu()
+                out[leaving] = batch.x_adv[retire].to(out.device)
+                found[leaving[fooled_cpu]] = True
+                unchecked.append(leaving[~fooled_cpu])
+                batch.keep(~retire)
+        if final_check and unchecked:
+            rows = torch.cat(unchecked)
+            found[rows] = self._fooled(model.logits(out[rows], self.batch_size), y[rows], None if target is None else target[rows])
+        return found, out

@@ -122,6 +122,7 @@ class Claim:
             n=int(e["n"]),
             seed=int(e["seed"]),
             batch_size=int(e.get("batch_size", 256)),
+            chunk_size=int(e.get("chunk_size", Suite.chunk_size)),
             checks=True,
             description=self.description,
             task_options=dict(e.get("task_options", {})),

@@ -126,6 +126,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", "--num-examples", dest="n", type=int, help="number of test examples (the first n, deterministic); under torchrun spell it --num-examples")
     p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per attack batch")
+    p.add_argument("--chunk-size", type=int, help="samples per checkpointed, separately seeded chunk, the unit torchrun ranks share (default 1024); numbers depend on it")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is often fastest for tiny models on a busy machine")
     p.add_argument("--no-checks", action="store_true", help="skip the evaluation sanity checks")
     p.add_argument("--device", default="cpu", type=parse_device, help="torch device, e.g. cpu or cuda (under torchrun, cuda means each rank's local GPU)")
@@ -154,6 +155,8 @@ def build_suite(args: argparse.Namespace):
         raise UserError(f"--seed must be in [0, 2**31), got {args.seed}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     task_options = dict(suite.task_options)
     if args.data_dir:
         task_options["data_dir"] = args.data_dir
@@ -167,6 +170,7 @@ def build_suite(args: argparse.Namespace):
         n=args.n,
         seed=args.seed,
         batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
         checks=False if args.no_checks else None,
     )
 

@@ -203,7 +203,7 @@ class Runner:
         from . import distributed
         from .precision import memory_format
 
-        attack, chunk = prepared.attack, self.suite.batch_size
+        attack, chunk = prepared.attack, self.suite.chunk_size
         shard = distributed.current()
         target = memory_format(target, self.channels_last)
         craft = memory_format(craft, self.channels_last) if craft is not None else None

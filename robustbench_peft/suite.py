@@ -28,6 +28,9 @@ class Suite:
     n: int | None = None
     seed: int = 0
     batch_size: int = 256
+    #: Samples per checkpointed, separately seeded unit of work (and per torchrun shard
+    #: unit). Several batches per chunk let attacks refill batches as samples break.
+    chunk_size: int = 1024
     checks: bool = True
     description: str = ""
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +69,8 @@ class Suite:
             n=doc.get("n"),
             seed=int(doc["seed"]),
             batch_size=int(doc.get("batch_size", 256)),
+            # runs written before chunk_size existed were chunked by batch
+            chunk_size=int(doc.get("chunk_size", doc.get("batch_size", 256))),
             checks=bool(doc.get("checks", True)),
             task_options=dict(doc.get("task_options", {})),
             sections=tuple(doc.get("sections", ())),
@@ -83,6 +88,7 @@ class Suite:
             "n": self.n,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "chunk_size": self.chunk_size,
             "checks": self.checks,
             "task_options": {k: str(v) for k, v in self.task_options.items()},
             "sections": list(self.sections),

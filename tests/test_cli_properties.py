@@ -22,11 +22,11 @@ class ReachedEvaluation(Exception):
 
 NAMES = st.sampled_from(["digits", "pgd", "autoattack", "transfer", "cavp", "advft", "none", "nosuch", "", "digits:cnn", "digits:surrogate", "timm:", "file:/nonexistent", ":", "=", "pgd:", "pgd:steps", "pgd:steps=", "pgd:norm=L3", "pgd:steps=-1", "pgd:steps=1e99", "pgd:loss=dlr", "transfer:sources=nosuch:model"])
 NUMBERS = st.sampled_from(["0", "-1", "1", "0.1", "nan", "inf", "-inf", "1e309", "abc", "", "0.1,0.2", "L2:0.5", "Linf:", ":0.1", "L2:-1", "3", "99999999999999999999"])
-FLAGS = st.sampled_from(["--suite", "--task", "--model", "--attack", "--defense", "--eps", "--n", "--seed", "--batch-size", "--data-dir", "--device", "--bogus"])
+FLAGS = st.sampled_from(["--suite", "--task", "--model", "--attack", "--defense", "--eps", "--n", "--seed", "--batch-size", "--chunk-size", "--data-dir", "--device", "--bogus"])
 
 
 def argument(flag: str) -> st.SearchStrategy[list[str]]:
-    values = NUMBERS if flag in ("--eps", "--n", "--seed", "--batch-size") else NAMES | st.text(max_size=12)
+    values = NUMBERS if flag in ("--eps", "--n", "--seed", "--batch-size", "--chunk-size") else NAMES | st.text(max_size=12)
     return values.map(lambda v: [flag, v])
 
 

@@ -15,7 +15,7 @@ from robustbench_peft import distributed
 from robustbench_peft.errors import UserError
 
 EVAL = ["eval", "--suite", "quick", "--model", "digits:cnn", "--attack", "pgd:steps=5", "--attack", "pgd:norm=L2,steps=5",
-        "--eps", "Linf:0.1,0.2", "--eps", "L2:1.0", "--num-examples", "64", "--batch-size", "16", "--quiet"]
+        "--eps", "Linf:0.1,0.2", "--eps", "L2:1.0", "--num-examples", "64", "--batch-size", "16", "--chunk-size", "16", "--quiet"]
 VOLATILE = {"seconds", "created", "environment"}
 
 

@@ -97,6 +97,53 @@ def test_early_stop_spends_no_effort_on_broken_samples(cnn, small_batch):
     assert attack_calls[-1] < attack_calls[0]
 
 
+class CountingForward(torch.nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, z):
+        self.calls.append(len(z))
+        return self.inner(z)
+
+
+def test_broken_samples_hand_their_slot_to_the_next_sample(cnn, digits):
+    from robustbench_peft.targets import ClassifierTarget
+
+    x, y = digits.test_subset(200)
+    calls: list[int] = []
+    counted = ClassifierTarget(CountingForward(cnn, calls), 10, (1, 8, 8), name="counted")
+    result = PGD(steps=20, batch_size=32, progress=False)(counted, x, y, [0.1])
+    assert sum(calls[:7]) == sum(calls[-7:]) == len(x)  # clean prediction and re-measurement, 7 batches each
+    attack_calls = calls[7:-7]
+    # full batches while samples wait; once the last one has entered, the batch only shrinks,
+    # for at most as many steps as a sample has
+    first_short = next(i for i, size in enumerate(attack_calls) if size < 32)
+    tail = attack_calls[first_short:]
+    assert set(attack_calls[:first_short]) == {32}
+    assert all(a >= b for a, b in zip(tail, tail[1:])) and len(tail) <= 20
+    standing = int((cnn.predict(x) == y).sum())
+    assert sum(attack_calls) < 0.8 * 20 * standing  # no effort spent on broken samples
+    assert result.robust_accuracy[0] < 0.8
+
+
+@pytest.mark.parametrize("options", [
+    dict(norm="Linf", loss="ce"),
+    dict(norm="Linf", loss="cw", schedule="cosine", momentum=0.9),
+    dict(norm="L2", loss="dlr", schedule="step", targeted=True, target_choice="next"),
+])
+def test_refilled_batches_equal_one_batch_per_sample(cnn, digits, options):
+    """Samples at different steps share a batch: each keeps its own step, schedule and momentum."""
+    x, y = digits.test_subset(120)
+    eps = 1.0 if options["norm"] == "L2" else 0.1
+    small = PGD(steps=15, batch_size=16, random_start=False, progress=False, **options)(cnn, x, y, [eps])
+    whole = PGD(steps=15, batch_size=1024, random_start=False, progress=False, **options)(cnn, x, y, [eps])
+    assert torch.equal(small.correct, whole.correct)
+    assert torch.allclose(small.x_adv[0], whole.x_adv[0], atol=1e-5)
+
+
 def test_misclassified_samples_count_as_broken_without_attack(cnn, small_batch):
     x, y = small_batch
     wrong = (y + 1) % 10

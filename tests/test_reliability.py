@@ -19,7 +19,7 @@ from robustbench_peft.errors import UserError
 from robustbench_peft.safe_load import load_state_dict
 
 ARGS = ["--suite", "quick", "--attack", "pgd:steps=200,restarts=2", "--attack", "pgd:norm=L2,steps=100", "--eps", "Linf:0.05,0.1", "--eps", "L2:0.5,1",
-        "--n", "512", "--batch-size", "32", "--no-checks", "--quiet"]
+        "--n", "512", "--batch-size", "32", "--chunk-size", "32", "--no-checks", "--quiet"]
 
 
 def numbers(path: Path) -> list:
