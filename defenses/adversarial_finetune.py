@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from robustbench_peft import precision
 from robustbench_peft.atomic import write_json_atomic
 from robustbench_peft.cache import cached_tensors, state_dict_sha256
 from robustbench_peft.defense import Defense, DefenseCost, FittedDefense
@@ -105,6 +106,8 @@ def train_epochs(
     The data order and the adversary draw from separate seeded streams, so two
     objectives that consume randomness differently still see the same batches.
     A last batch of one sample is dropped (batch norm cannot train on it).
+    Each step's objective (the adversary included) runs under ``eval --amp``'s
+    autocast, with fp16 loss scaling; the weights and the optimizer stay float32.
     """
     params = [p for p in target.parameters() if p.requires_grad]
     if not params:
@@ -112,6 +115,7 @@ def train_epochs(
     optimizer = torch.optim.Adam(params, lr=lr)
     order, adversary = stream(seed, ORDER_STREAM), stream(seed, ADVERSARY_STREAM)
     device = target.device
+    scaler = precision.grad_scaler(device)
     losses: list[float] = []
     target.train(train_mode)
     try:
@@ -121,10 +125,12 @@ def train_epochs(
                 idx = permutation[start : start + batch_size]
                 if len(idx) < 2:
                     continue
-                loss = objective(target, x[idx].to(device), y[idx].to(device), settings, adversary)
+                with precision.fit_autocast(device):
+                    loss = objective(target, x[idx].to(device), y[idx].to(device), settings, adversary)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 losses.append(float(loss.detach()))
     finally:
         target.eval()
@@ -217,6 +223,7 @@ class AdversarialFineTune(Defense):
             "head_module": layout.head,
             "peft": importlib.metadata.version("peft"),  # not `import peft`: seconds, for a version string
             **options,
+            **precision.fit_amp_recipe(),
         }
 
     def fit(self, base: ClassifierTarget, task: ClassificationTask) -> FittedDefense:

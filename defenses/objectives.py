@@ -5,7 +5,9 @@ weights. Adversarial inputs are crafted in pixel space on the whole target
 (preprocessing included), in eval mode, with gradients taken w.r.t. the input
 only, so crafting never touches parameter gradients or batch-norm statistics.
 Random starts draw from an explicit generator: the same seed gives the same
-perturbations.
+perturbations. Under ``eval --amp`` the crafting forward passes run in half
+precision too, while the perturbation stays float32: autograd returns the input
+gradient in the input's dtype, and every step is projected onto [0,1] and the ball.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ prompt for C-AVP, the single prompt otherwise):
 
 Only the prompts receive gradients (``torch.autograd.grad`` on the prompts
 alone), the base stays in eval mode, so its weights and buffers never change.
-SGD with momentum and a per-step cosine decay of the learning rate.
+SGD with momentum and a per-step cosine decay of the learning rate. Under
+``eval --amp`` each step's loss (its PGD included) runs under autocast, with
+fp16 loss scaling; the prompts, their updates and the PGD inputs stay float32.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from robustbench_peft import precision
 from robustbench_peft.errors import UserError
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.threat_model import project, random_start
@@ -162,6 +165,7 @@ def train_prompts(base: ClassifierTarget, x_train: torch.Tensor, y_train: torch.
     n_prompts = n_classes if recipe.classwise else 1
     prompts = torch.zeros(n_prompts, channels, height, width, device=device, requires_grad=True)
     optimizer = torch.optim.SGD([prompts], lr=recipe.lr, momentum=recipe.momentum)
+    scaler = precision.grad_scaler(device)
     steps_per_epoch = math.ceil(len(y_train) / recipe.batch_size)
     total = max(1, recipe.epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
@@ -170,9 +174,10 @@ def train_prompts(base: ClassifierTarget, x_train: torch.Tensor, y_train: torch.
         for start in range(0, len(y_train), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
             x, y = x_train[idx].to(device), y_train[idx].to(device)
-            masked = prompts * mask
-            loss = batch_loss(base, x, y, masked, mask, recipe, generator)
-            (prompts.grad,) = torch.autograd.grad(loss, [prompts])
-            optimizer.step()
+            with precision.fit_autocast(device):
+                loss = batch_loss(base, x, y, prompts * mask, mask, recipe, generator)
+            (prompts.grad,) = torch.autograd.grad(scaler.scale(loss), [prompts])
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
     return (prompts.detach() * mask).cpu()

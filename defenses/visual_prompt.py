@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from robustbench_peft import precision
 from robustbench_peft.cache import cached_tensors, state_dict_sha256
 from robustbench_peft.defense import Defense, DefenseCost, FittedDefense
 from robustbench_peft.errors import UserError
@@ -115,6 +116,19 @@ class PromptDefense(Defense):
         changed = [f"{key}={_option_text(value)}" for key, value in self.options.items() if value != defaults[key]]
         return self.name + (":" + ",".join(changed) if changed else "")
 
+    def cache_key(self, base: ClassifierTarget, task: ClassificationTask, recipe: PromptRecipe) -> dict[str, Any]:
+        """Everything that determines the trained prompts: base weights, data, recipe and (when on) ``--amp``."""
+        return {
+            "defense": self.name,
+            "code_version": PROMPT_CODE_VERSION,
+            "base_sha256": base.weights_sha256(),
+            "input_shape": list(base.input_shape),
+            **task.recipe(),
+            "train_data_sha256": state_dict_sha256({"x": task.x_train, "y": task.y_train}),
+            **recipe.to_json(),
+            **precision.fit_amp_recipe(),
+        }
+
     def fit(self, base: ClassifierTarget, task: ClassificationTask) -> FittedDefense:
         """Train (or load from the cache) the prompts for ``base``; ``base`` itself is never modified.
 
@@ -126,15 +140,7 @@ class PromptDefense(Defense):
             raise UserError(f"{self.name}: model {base.name} takes inputs {base.input_shape} but task {task.name} has {task.input_shape}")
         recipe = self.recipe(task)
         self._train_eps = recipe.eps if self.adversarial else None
-        key = {
-            "defense": self.name,
-            "code_version": PROMPT_CODE_VERSION,
-            "base_sha256": base.weights_sha256(),
-            "input_shape": list(base.input_shape),
-            **task.recipe(),
-            "train_data_sha256": state_dict_sha256({"x": task.x_train, "y": task.y_train}),
-            **recipe.to_json(),
-        }
+        key = self.cache_key(base, task, recipe)
 
         def train() -> dict[str, torch.Tensor]:
             began = time.perf_counter()

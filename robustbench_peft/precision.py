@@ -49,9 +49,22 @@ def fit_amp() -> str:
     return _fit_amp
 
 
+def fit_amp_recipe() -> dict[str, str]:
+    """The cache-recipe entry of a fit about to be trained or loaded: ``{"amp": name}``, or
+    nothing when off, so full-precision recipes (and their cache entries) stay as they were.
+
+    Asking for it counts as applying ``--amp``: a mixed-precision fit served from the
+    cache is used as much as one trained now, so ``eval`` must not call the flag ignored."""
+    global _fit_amp_applied
+    if _fit_amp == "off":
+        return {}
+    _fit_amp_applied = True
+    return {"amp": _fit_amp}
+
+
 def fit_amp_applied() -> bool:
-    """Whether any fitting step ran under the chosen mixed precision since :func:`set_fit_amp`
-    (False tells the user that ``--amp`` had no effect on this suite)."""
+    """Whether any fitting step ran under the chosen mixed precision, or a defense keyed its
+    fit by it, since :func:`set_fit_amp` (False tells the user that ``--amp`` had no effect)."""
     return _fit_amp_applied
 
 
