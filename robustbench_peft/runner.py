@@ -209,6 +209,9 @@ class Runner:
         craft = memory_format(craft, self.channels_last) if craft is not None else None
         chunks: dict[int, AttackResult] = {}
         starts = range(0, len(y), chunk)
+        if len(starts) < shard.world_size:
+            self.log(f"warning: {len(y)} samples make {len(starts)} chunk(s) of {chunk} for {shard.world_size} ranks; "
+                     f"{shard.world_size - len(starts)} rank(s) idle on this attack (lower --chunk-size)")
         for c, start in enumerate(starts):
             if not shard.owns(c):
                 continue
