@@ -172,7 +172,7 @@ class PGD(Attack):
         alpha_table = torch.tensor(alphas, dtype=x.dtype, device=model.device)
         shape = (-1, *([1] * (x.dim() - 1)))
         batch = ActiveBatch.empty(x, model.device, targeted=target is not None, momentum=self.momentum > 0)
-        waiting = 0
+        waiting, oldest = 0, 0  # next sample to admit; steps taken by the longest-serving slot
         while waiting < len(x) or len(batch):
             if len(batch) < self.batch_size and waiting < len(x):
                 rows = torch.arange(waiting, min(len(x), waiting + self.batch_size - len(batch)))
@@ -180,11 +180,10 @@ class PGD(Attack):
                 batch.admit(rows, x[rows], start[rows], y[rows], None if target is None else target[rows])
             xa = batch.x_adv.detach().requires_grad_(True)
             logits = model(diverse_input(xa, self.input_diversity, generator))
-            if not self.early_stop:
-                fooled = torch.zeros(len(batch), dtype=torch.bool, device=xa.device)
-            elif self.input_diversity == 0:
+            fooled = None
+            if self.early_stop and self.input_diversity == 0:
                 fooled = self._fooled(logits.detach(), batch.y, batch.target)
-            else:
+            elif self.early_stop:
                 with torch.no_grad():
                     fooled = self._fooled(model(xa), batch.y, batch.target)
             grad = torch.autograd.grad(self.loss_fn(logits, batch.y, batch.target).sum(), xa)[0].detach()
@@ -198,15 +197,21 @@ class PGD(Attack):
             else:
                 step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
             stepped = project(batch.x_clean, batch.x_adv + step, eps, self.norm)
-            batch.x_adv = torch.where(fooled.view(shape), batch.x_adv, stepped)  # a fooling iterate is kept as it is
+            any_fooled = fooled is not None and bool(fooled.any())
+            # a fooling iterate is kept as it is
+            batch.x_adv = torch.where(fooled.view(shape), batch.x_adv, stepped) if any_fooled else stepped
             batch.step += 1
-            retire = fooled | (batch.step >= self.steps)
-            if bool(retire.any()):
-                leaving, fooled_cpu = batch.rows[retire.cpu()], fooled[retire].cpu()
+            oldest += 1
+            if any_fooled or oldest >= self.steps:
+                out_of_steps = batch.step >= self.steps
+                retire = out_of_steps | fooled if any_fooled else out_of_steps
+                leaving = batch.rows[retire.cpu()]
+                broken = fooled[retire].cpu() if any_fooled else torch.zeros(len(leaving), dtype=torch.bool)
                 out[leaving] = batch.x_adv[retire].to(out.device)
-                found[leaving[fooled_cpu]] = True
-                unchecked.append(leaving[~fooled_cpu])
+                found[leaving[broken]] = True
+                unchecked.append(leaving[~broken])
                 batch.keep(~retire)
+                oldest = int(batch.step.max()) if len(batch) else 0
         if final_check and unchecked:
             rows = torch.cat(unchecked)
             found[rows] = self._fooled(model.logits(out[rows], self.batch_size), y[rows], None if target is None else target[rows])
