@@ -127,6 +127,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per attack batch")
     p.add_argument("--chunk-size", type=int, help="samples per checkpointed, separately seeded chunk, the unit torchrun ranks share (default 1024); numbers depend on it")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a report section's setting (repeatable; VALUE is JSON when it parses), e.g. diffusion.task=sd-object or unlearning.preset=full")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is often fastest for tiny models on a busy machine")
     p.add_argument("--no-checks", action="store_true", help="skip the evaluation sanity checks")
     p.add_argument("--device", default="cpu", type=parse_device, help="torch device, e.g. cpu or cuda (under torchrun, cuda means each rank's local GPU)")
@@ -139,7 +141,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_suite(args: argparse.Namespace):
-    from .options import parse_plugin_spec
+    from .options import apply_settings, parse_plugin_spec
     from .registry import SUITES
 
     suite = SUITES.get(args.suite).factory()
@@ -160,7 +162,7 @@ def build_suite(args: argparse.Namespace):
     task_options = dict(suite.task_options)
     if args.data_dir:
         task_options["data_dir"] = args.data_dir
-    return suite.with_overrides(
+    suite = suite.with_overrides(
         task_options=task_options,
         task=args.task,
         models=tuple(args.model) if args.model else None,
@@ -173,6 +175,9 @@ def build_suite(args: argparse.Namespace):
         chunk_size=args.chunk_size,
         checks=False if args.no_checks else None,
     )
+    if args.settings:
+        suite = suite.with_overrides(extra=apply_settings(suite.extra, args.settings, suite.sections))
+    return suite
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

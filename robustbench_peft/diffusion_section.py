@@ -23,7 +23,7 @@ from .options import build, parse_plugin_spec
 from .registry import ATTACKS, TASKS, UNLEARNERS, load_plugins, register_suite
 from .render import SECTION_PLOTS, SECTION_TABLES
 from .runner import Runner, register_section
-from .suite import Suite, section_settings
+from .suite import Suite, name_list, section_settings
 from .t2i.attack_base import PromptResult
 from .t2i.evaluate import attack_all, judged_rate, summarize
 from .t2i.target import torch_threads
@@ -48,6 +48,10 @@ DEFAULT_PRESET = "digits"
 def section_config(suite: Suite) -> dict[str, Any]:
     config = section_settings(suite, SECTION, PRESETS, DEFAULT_PRESET)
     config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
+    for key in ("unlearners", "attacks"):
+        config[key] = name_list(config[key], SECTION, key)
+    if not isinstance(config["task_options"], dict):
+        raise UserError(f"{SECTION}: task_options must be a group of settings, e.g. {{\"model\": \"...\"}}, got {config['task_options']!r}")
     return config
 
 
@@ -123,7 +127,7 @@ def unlearned_models(task, target, config: dict[str, Any], seed: int, log):
         yield spec, result.target, result.seconds, result.cached
 
 
-@register_section(SECTION)
+@register_section(SECTION, check=section_config)
 def run_diffusion_section(suite: Suite, runner: Runner) -> dict[str, Any]:
     """Unlearn the task's concept with every unlearner, attack each result, measure kept concepts."""
     load_plugins()

@@ -86,3 +86,47 @@ def build(factory: Callable[..., Any], options: dict[str, Any], owner: str, **fi
         return factory(**fixed, **kwargs)
     except TypeError as exc:
         raise UserError(f"{owner}: {exc}") from None
+
+
+def parse_setting(text: str) -> tuple[list[str], Any]:
+    """``"diffusion.task_options.n_attack=4"`` -> (["diffusion", "task_options", "n_attack"], 4).
+
+    The value is read as JSON when it parses (numbers, true/false/null, lists,
+    objects) and kept as text otherwise, so ``task=sd-object`` needs no quotes.
+    """
+    import json
+
+    path, sep, raw = str(text).partition("=")
+    keys = [k.strip() for k in path.split(".")]
+    if not sep or len(keys) < 2 or not all(keys):
+        raise UserError(f"invalid --set {text!r}: expected SECTION.KEY=VALUE, e.g. diffusion.task=sd-object")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw.strip()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"invalid --set {text!r}: {raw!r} is not a finite number")
+    return keys, value
+
+
+def apply_settings(extra: dict[str, Any], settings: list[str], sections: tuple[str, ...]) -> dict[str, Any]:
+    """``extra`` (a suite's section settings) with each ``--set`` applied; the original is untouched.
+
+    Only the suite's own report sections can be set; a key below a value that
+    is not an object is refused rather than silently replaced."""
+    import copy
+
+    merged = copy.deepcopy(extra)
+    for text in settings:
+        keys, value = parse_setting(text)
+        if keys[0] not in sections:
+            have = ", ".join(sections) or "none"
+            raise UserError(f"--set {text!r}: this suite has no {keys[0]!r} section (its sections: {have}); pick a suite that has it, e.g. --suite {keys[0]}")
+        node = merged
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is {child!r}, not a group of settings")
+            node = child
+        node[keys[-1]] = value
+    return merged

@@ -83,13 +83,18 @@ def load_task(name: str, options: dict[str, Any] | None = None) -> Classificatio
 
 #: Report sections beyond classifier runs: name -> function(suite, runner) -> JSON-able dict.
 SECTION_RUNNERS: dict[str, Callable[[Suite, "Runner"], dict[str, Any]]] = {}
+#: Per section, a cheap check of its settings, run before any model is attacked.
+SECTION_CHECKS: dict[str, Callable[[Suite], Any]] = {}
 
 
-def register_section(name: str) -> Callable:
-    """Register the runner of a report section (e.g. unlearning, diffusion)."""
+def register_section(name: str, check: Callable[[Suite], Any] | None = None) -> Callable:
+    """Register the runner of a report section (e.g. unlearning, diffusion), and optionally
+    ``check(suite)``, which raises :class:`UserError` on bad settings before the run starts."""
 
     def decorate(fn: Callable[[Suite, "Runner"], dict[str, Any]]) -> Callable:
         SECTION_RUNNERS[name] = fn
+        if check is not None:
+            SECTION_CHECKS[name] = check
         return fn
 
     return decorate
@@ -170,6 +175,8 @@ class Runner:
         unknown = [name for name in suite.sections if name not in SECTION_RUNNERS]
         if unknown:
             raise UserError(f"unknown report section(s) {', '.join(unknown)}; known: {', '.join(sorted(SECTION_RUNNERS)) or 'none'}")
+        for name in suite.sections:
+            SECTION_CHECKS.get(name, lambda s: None)(suite)
         attacks = [prepare_attack(spec, suite.seed, suite.batch_size, self.progress) for spec in suite.attacks]
         for prepared in attacks:
             if prepared.eps is None and prepared.attack.norm not in eps:

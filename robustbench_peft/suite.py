@@ -107,3 +107,13 @@ def section_settings(suite: Suite, section: str, presets: dict[str, dict[str, An
     if unknown:
         raise UserError(f"{section}: unknown setting(s) {', '.join(unknown)}; valid: preset, {', '.join(presets[preset])}")
     return {**presets[preset], **extra, "preset": preset}
+
+
+def name_list(value: Any, section: str, key: str) -> list[str]:
+    """A section setting that lists plug-in names: a list, or one text with ``,`` or ``+`` between names
+    (plug-in options after ``:`` keep their commas only in the list form)."""
+    if isinstance(value, str):
+        value = [v for v in value.replace("+", ",").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise UserError(f"{section}: {key} must be a non-empty list of names, got {value!r}")
+    return [v.strip() for v in value]

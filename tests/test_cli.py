@@ -63,6 +63,11 @@ def test_list_prints_registered_plugins(capsys):
         (["--eps", "Lfoo:0.1"], "unknown threat model"),
         (["--n", "0"], "--n must be"),
         (["--bogus-flag"], "unrecognized arguments"),
+        (["--chunk-size", "0"], "--chunk-size must be"),
+        (["--set", "unlearning"], "expected SECTION.KEY=VALUE"),
+        (["--set", "diffusion.task=sd-object"], "no 'diffusion' section"),
+        (["--set", "unlearning.methodz=salun"], "unknown setting(s) methodz"),
+        (["--set", "unlearning.preset=nosuch"], "unknown preset 'nosuch'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
@@ -85,3 +90,31 @@ def test_unwritable_out_dir_and_existing_report_untouched(tmp_path):
     assert main(["eval", "--out", str(out), *FAST]) == 2  # exists: needs --force
     assert main(["eval", "--out", str(out), "--force", "--attack", "nosuch"]) == 2
     assert (out / "report.json").read_bytes() == before
+
+
+def test_set_reaches_a_report_section_and_nests(tmp_path):
+    from robustbench_peft.cli import build_suite, make_parser
+    from unlearning.section import section_config
+
+    args = make_parser().parse_args(["eval", "--suite", "unlearning", "--set", "unlearning.methods=retrain,ga",
+                                     "--set", "unlearning.forget_class=4", "--set", 'unlearning.scenarios=["class"]'])
+    suite = build_suite(args)
+    config = section_config(suite)
+    assert config["methods"] == ["retrain", "ga"] and config["forget_class"] == 4 and config["scenarios"] == ["class"]
+    assert config["preset"] == "full"  # the suite's own preset stays; --set overlays it
+
+
+def test_set_values_are_json_or_text_and_groups_stay_groups():
+    from robustbench_peft.errors import UserError
+    from robustbench_peft.options import apply_settings, parse_setting
+
+    assert parse_setting("diffusion.task_options.n_attack=4") == (["diffusion", "task_options", "n_attack"], 4)
+    assert parse_setting("diffusion.task=sd-object") == (["diffusion", "task"], "sd-object")
+    assert parse_setting('diffusion.attacks=["unlearndiff"]') == (["diffusion", "attacks"], ["unlearndiff"])
+    extra = {"diffusion": {"preset": "digits", "task_options": {"forget_digit": 3}}}
+    merged = apply_settings(extra, ["diffusion.task_options.n_attack=2", "diffusion.grid=0"], ("diffusion",))
+    assert merged == {"diffusion": {"preset": "digits", "grid": 0, "task_options": {"forget_digit": 3, "n_attack": 2}}}
+    assert extra["diffusion"]["task_options"] == {"forget_digit": 3}  # the suite's own settings are untouched
+    for bad in (["diffusion.grid.size=2"], ["diffusion.x=NaN"], ["=1"], ["diffusion.=1"]):
+        with pytest.raises(UserError):
+            apply_settings(extra | {"diffusion": {"grid": 6}}, bad, ("diffusion",))

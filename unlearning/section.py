@@ -17,7 +17,7 @@ from robustbench_peft.options import build, parse_plugin_spec
 from robustbench_peft.registry import UNLEARNERS, register_suite
 from robustbench_peft.render import SECTION_PLOTS, SECTION_TABLES
 from robustbench_peft.runner import Runner, load_task, register_section
-from robustbench_peft.suite import Suite, section_settings
+from robustbench_peft.suite import Suite, name_list, section_settings
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
 
@@ -49,19 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "quick"
 
 
-def _as_list(value: Any, key: str) -> list[str]:
-    if isinstance(value, str):
-        value = [v for v in value.replace("+", ",").split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
-        raise UserError(f"unlearning: {key} must be a non-empty list of names, got {value!r}")
-    return [v.strip() for v in value]
-
-
 def section_config(suite: Suite) -> dict[str, Any]:
     """The section's settings: a preset overlaid by ``suite.extra["unlearning"]``."""
     config = section_settings(suite, SECTION, PRESETS, DEFAULT_PRESET)
-    config["methods"] = _as_list(config["methods"], "methods")
-    config["scenarios"] = _as_list(config["scenarios"], "scenarios")
+    config["methods"] = name_list(config["methods"], SECTION, "methods")
+    config["scenarios"] = name_list(config["scenarios"], SECTION, "scenarios")
     config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
     config["model"] = config["model"] or (suite.models[0] if suite.models else DEFAULT_MODEL)
     return config
@@ -121,7 +113,7 @@ def summary_lines(scenarios: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-@register_section(SECTION)
+@register_section(SECTION, check=section_config)
 def run_unlearning_section(suite: Suite, runner: Runner) -> dict[str, Any]:
     """Unlearn every scenario with every method; metrics, gaps to retrain and PGD robustness."""
     config = section_config(suite)
