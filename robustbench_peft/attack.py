@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .precision import crafting_autocast
 from .targets import ClassifierTarget
 from .threat_model import check_norm, project, violations
 
@@ -88,6 +89,10 @@ class Attack(ABC):
     name: str = "attack"
     #: False for attacks whose perturbation is crafted without the evaluated pipeline.
     adaptive: bool = True
+    #: Autocast while crafting ("off", "bf16", "fp16"); set by the runner option ``amp=``.
+    #: Off by default: a half-precision gradient can vanish and overstate robustness.
+    #: Accuracy is re-measured in float32 either way.
+    amp: str = "off"
 
     def __init__(self, norm: str = "Linf", seed: int = 0, batch_size: int = 256, progress: bool = True) -> None:
         self.norm = check_norm(norm)
@@ -142,7 +147,8 @@ class Attack(ABC):
             eps = eps_values[i]
             standing = correct.nonzero().flatten()
             if len(standing):
-                candidates = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator)
+                with crafting_autocast(craft.device, self.amp):
+                    candidates = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator)
                 if candidates.shape != x[standing].shape:
                     raise AttackValidityError(f"{self.name} returned shape {tuple(candidates.shape)} for {tuple(x[standing].shape)}")
                 best[standing] = project(x[standing], torch.nan_to_num(candidates, nan=0.0), eps, self.norm)
@@ -156,13 +162,13 @@ class Attack(ABC):
             bar.update(1)
         bar.close()
         return AttackResult(
-            name=self.describe(),
+            name=self.describe() + ("" if self.amp == "off" else f"@{self.amp}"),
             threat_model=self.norm,
             eps=eps_values,
             correct=torch.stack([rows[i] for i in range(len(eps_values))]),
             x_adv=[advs[i] for i in range(len(eps_values))],
             seconds=time.perf_counter() - start,
-            config={"attack": self.name, **self.config()},
+            config={"attack": self.name, **self.config(), **({"amp": self.amp} if self.amp != "off" else {})},
             adaptive=self.adaptive and craft_target is None,
             details=self.details(),
             invalid=[invalid[i] for i in range(len(eps_values))],

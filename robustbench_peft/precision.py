@@ -68,6 +68,20 @@ def fit_amp_applied() -> bool:
     return _fit_amp_applied
 
 
+def _autocast(device: torch.device | str, name: str, what: str) -> contextlib.AbstractContextManager:
+    """Autocast to the dtype ``name`` names (a no-op for "off"); fp16 on CPU is refused
+    (CPU autocast supports bfloat16)."""
+    if name not in AMP_DTYPES:
+        raise UserError(f"unknown {what} precision {name!r}; use one of {', '.join(AMP_DTYPES)}")
+    dtype = AMP_DTYPES[name]
+    if dtype is None:
+        return contextlib.nullcontext()
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype is torch.float16:
+        raise UserError(f"{what} fp16 needs a CUDA device; use bf16 on CPU")
+    return torch.autocast(device_type=kind, dtype=dtype)
+
+
 @contextlib.contextmanager
 def fit_autocast(device: torch.device | str) -> Iterator[None]:
     """Autocast around the forward pass and loss of one *training* step of a defense.
@@ -76,16 +90,17 @@ def fit_autocast(device: torch.device | str) -> Iterator[None]:
     autocast supports bfloat16); use bf16 there.
     """
     global _fit_amp_applied
-    dtype = AMP_DTYPES[_fit_amp]
-    if dtype is None:
+    with _autocast(device, _fit_amp, "--amp"):
+        _fit_amp_applied = _fit_amp_applied or _fit_amp != "off"
         yield
-        return
-    kind = torch.device(device).type
-    if kind == "cpu" and dtype is torch.float16:
-        raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-    _fit_amp_applied = True
-    with torch.autocast(device_type=kind, dtype=dtype):
-        yield
+
+
+def crafting_autocast(device: torch.device | str, name: str) -> contextlib.AbstractContextManager:
+    """Autocast while an attack *crafts* its inputs, only when asked (attack option ``amp=bf16``).
+
+    The attack's own perturbation stays float32 (input gradients come back in the
+    input's dtype), and the accuracy it is scored by is re-measured outside, in float32."""
+    return _autocast(device, name, "attack amp")
 
 
 @contextlib.contextmanager

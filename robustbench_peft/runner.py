@@ -20,6 +20,7 @@ from .defense import Defense, FittedDefense
 from .errors import UserError
 from .models import load_target
 from .options import PluginSpec, build
+from .precision import AMP_DTYPES
 from .registry import ATTACKS, DEFENSES, TASKS
 from .report import Report, bits, environment
 from .suite import MODES, RUNNER_OPTIONS, Suite
@@ -47,6 +48,7 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     n = options.pop("n", None)
     mode = str(options.pop("mode", "adaptive"))
     eps_option = options.pop("eps", None)
+    amp = str(options.pop("amp", "off"))
     eps = validate_eps(str(eps_option).split("+")) if eps_option is not None else None
     if mode not in MODES:
         raise UserError(f"attack {spec.label()}: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -60,7 +62,10 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     options.setdefault("seed", seed)
     options.setdefault("batch_size", batch_size)
     options.setdefault("progress", progress)
+    if amp not in AMP_DTYPES:
+        raise UserError(f"attack {spec.label()}: amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     attack = build(ATTACKS.get(spec.name).factory, options, owner=f"attack {spec.name}")
+    attack.amp = amp
     return PreparedAttack(spec, attack, n, mode, eps)
 
 

@@ -53,8 +53,11 @@ def run_reasons(i: int, run: dict[str, Any], min_n: int) -> list[str]:
     if not isinstance(n, int) or n < min_n:
         reasons.append(f"{name}: n={n} is below the minimum of {min_n} examples")
     attacks = run.get("attacks") or []
-    autoattack = [a for a in attacks if attack_kind(a) == "autoattack"]
-    if not autoattack:
+    any_autoattack = [a for a in attacks if attack_kind(a) == "autoattack"]
+    autoattack = [a for a in any_autoattack if not (a.get("config") or {}).get("amp")]  # float32 only
+    if any_autoattack and not autoattack:
+        reasons.append(f"{name}: AutoAttack ran only under mixed precision (amp=); a submission needs it in float32")
+    elif not autoattack:
         reasons.append(f"{name}: no AutoAttack evaluation (add --attack autoattack)")
     elif max(int(a.get("n") or 0) for a in autoattack) < min_n:
         reasons.append(f"{name}: AutoAttack ran on {max(int(a.get('n') or 0) for a in autoattack)} examples, below the minimum of {min_n}")

@@ -13,7 +13,7 @@ from .errors import UserError
 from .options import PluginSpec
 
 #: Attack options handled by the runner rather than by the attack itself.
-RUNNER_OPTIONS = ("n", "mode", "eps")
+RUNNER_OPTIONS = ("n", "mode", "eps", "amp")
 MODES = ("adaptive", "nonadaptive")
 
 
