@@ -48,8 +48,9 @@ DEFAULT_PRESET = "digits"
 def section_config(suite: Suite) -> dict[str, Any]:
     config = section_settings(suite, SECTION, PRESETS, DEFAULT_PRESET)
     config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
-    for key in ("unlearners", "attacks"):
-        config[key] = name_list(config[key], SECTION, key)
+    # no unlearner is fine when the task brings an unlearned model of its own (e.g. unet=...)
+    config["unlearners"] = name_list(config["unlearners"], SECTION, "unlearners", allow_empty=True)
+    config["attacks"] = name_list(config["attacks"], SECTION, "attacks")
     if not isinstance(config["task_options"], dict):
         raise UserError(f"{SECTION}: task_options must be a group of settings, e.g. {{\"model\": \"...\"}}, got {config['task_options']!r}")
     return config

@@ -109,11 +109,12 @@ def section_settings(suite: Suite, section: str, presets: dict[str, dict[str, An
     return {**presets[preset], **extra, "preset": preset}
 
 
-def name_list(value: Any, section: str, key: str) -> list[str]:
+def name_list(value: Any, section: str, key: str, allow_empty: bool = False) -> list[str]:
     """A section setting that lists plug-in names: a list, or one text with ``,`` or ``+`` between names
     (plug-in options after ``:`` keep their commas only in the list form)."""
     if isinstance(value, str):
         value = [v for v in value.replace("+", ",").split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise UserError(f"{section}: {key} must be a non-empty list of names, got {value!r}")
+    valid = isinstance(value, (list, tuple)) and (value or allow_empty) and all(isinstance(v, str) and v.strip() for v in value)
+    if not valid:
+        raise UserError(f"{section}: {key} must be a {'' if allow_empty else 'non-empty '}list of names, got {value!r}")
     return [v.strip() for v in value]
