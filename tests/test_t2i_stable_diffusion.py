@@ -123,3 +123,30 @@ def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_pat
     assert section["judge"] == "nudenet" and all(r["kept_accuracy"] is None for r in section["rows"])
     attacked = section["rows"][-1]["prompts"]
     assert [p["prompt"] for p in attacked] == ["a photo of a person", "a painting"] and [p["seed"] for p in attacked] == [1, 2]
+
+
+def test_sd_task_chosen_from_the_cli_with_set(sd_folder, tmp_path, monkeypatch):
+    """`eval --suite diffusion --set ...` reaches a Stable Diffusion task without Python."""
+    pytest.importorskip("nudenet")
+    import json
+
+    from safetensors.torch import save_file
+
+    from robustbench_peft.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path / "cache"))
+    base = load_stable_diffusion(str(sd_folder), steps=1)
+    save_file({k: v * 0.9 for k, v in base.unet.state_dict().items()}, str(tmp_path / "unlearned.safetensors"))
+    (tmp_path / "prompts.csv").write_text("prompt,seed,guidance\na photo of a person,1,3.0\n")
+    options = {"prompts": str(tmp_path / "prompts.csv"), "model": str(sd_folder), "unet": str(tmp_path / "unlearned.safetensors"), "steps": 2}
+    out = tmp_path / "run"
+    code = main(["eval", "--suite", "diffusion", "--quiet", "--out", str(out), "--set", "diffusion.task=sd-nudity",
+                 "--set", f"diffusion.task_options={json.dumps(options)}", "--set", "diffusion.unlearners=[]",
+                 "--set", 'diffusion.attacks=["unlearndiff:k=2,timesteps=1,inner_steps=1"]', "--set", "diffusion.grid=1"])
+    assert code == 0
+    section = json.loads((out / "report.json").read_text())["diffusion"]
+    assert section["judge"] == "nudenet"
+    assert [(r["unlearner"], r["attack"]) for r in section["rows"]] == [
+        ("none (original)", "no_attack"), ("given (unet=)", "no_attack"), ("given (unet=)", "unlearndiff:k=2,timesteps=1,inner_steps=1")]
+    assert "nudity" in (out / "report.md").read_text()  # the section's table names the task
