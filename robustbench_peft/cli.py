@@ -120,7 +120,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="task name, e.g. digits")
     p.add_argument("--data-dir", help="data directory of the task (cifar10, cifar100, imagefolder)")
     p.add_argument("--model", action="append", help="model spec FAMILY:NAME (repeatable), e.g. digits:cnn")
-    p.add_argument("--attack", action="append", help="attack NAME[:k=v,...] (repeatable), e.g. pgd:norm=L2,steps=50")
+    p.add_argument("--attack", action="append", help="attack NAME[:k=v,...] (repeatable), e.g. pgd:norm=L2,steps=50; every attack also takes n=K, eps=A+B, mode=nonadaptive and amp=bf16")
     p.add_argument("--defense", action="append", help="defense NAME[:k=v,...] (repeatable); 'none' for the bare model")
     p.add_argument("--eps", action="append", help="eps list: '0.1,0.2' for every threat model or 'L2:0.5,1' for one (repeatable)")
     p.add_argument("--n", "--num-examples", dest="n", type=int, help="number of test examples (the first n, deterministic); under torchrun spell it --num-examples")
