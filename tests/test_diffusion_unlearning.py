@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robustbench_peft.errors import UserError
 from robustbench_peft.t2i.unlearn_base import ForgetRequest
 from test_t2i_helpers import tiny_digits_target
 from unlearning.diffusion import ESD, SalUnDM, saliency_masks
@@ -64,6 +65,42 @@ def test_esd_moves_the_erased_prompt_towards_negative_guidance(setup):
     for name, p in unet.named_parameters():  # ESD-u leaves cross-attention alone
         if ".attn2." in name:
             assert torch.equal(p, original[name]), name
+
+
+def test_esd_partial_sampling_trains_on_the_models_own_trajectory(setup):
+    target, request, x_t = setup
+    partial = ESD(eta=1.0, steps=6, batch_size=4, pool=4, lr=1e-3, sampling="partial", seed=0)
+    unet = partial.update(target, target.trainable_unet_copy(), request)
+    noised = ESD(eta=1.0, steps=6, batch_size=4, pool=4, lr=1e-3, seed=0).update(target, target.trainable_unet_copy(), request)
+    before, after = prediction(target, target.unet, FORGET, x_t), prediction(target, unet, FORGET, x_t)
+    assert (after - before).abs().mean() > 1e-3
+    assert not torch.equal(after, prediction(target, noised, FORGET, x_t))
+    original = dict(target.unet.named_parameters())
+    assert all(torch.equal(p, original[n]) for n, p in unet.named_parameters() if ".attn2." in n)
+    with pytest.raises(UserError, match="sampling must be one of"):
+        ESD(sampling="full")
+
+
+def test_partial_sample_is_the_start_of_the_full_ddim_run(setup):
+    from diffusers import DDIMScheduler
+
+    target, _, _ = setup
+    cond = target.encode_prompts([FORGET]).expand(2, -1, -1)
+    seeds, guidance = [5, 6], target.default_guidance
+    x_0, t_0 = target.partial_sample(cond, seeds, 0)
+    sampler = DDIMScheduler.from_config(target.scheduler.config)
+    sampler.set_timesteps(target.default_steps)
+    assert torch.equal(x_0, target.initial_noise(seeds) * sampler.init_noise_sigma) and t_0 == sampler.timesteps[0]
+    x, t = target.partial_sample(cond, seeds, 1)
+    assert t == sampler.timesteps[1]
+    with torch.no_grad():  # finish the run from step 1 by hand: the same image as sampling in one go
+        uncond = target.encode_prompts([""]).expand(2, -1, -1)
+        for step in sampler.timesteps[1:]:
+            eps_u, eps_c = target.denoise(x, step, uncond), target.denoise(x, step, cond)
+            x = sampler.step(eps_u + guidance * (eps_c - eps_u), step, x).prev_sample
+    assert torch.allclose(target.x0_to_image(x), target.generate_from_cond(cond, seeds), atol=1e-5)
+    with pytest.raises(ValueError):
+        target.partial_sample(cond, seeds, target.default_steps)
 
 
 def test_unlearning_is_cached_by_recipe(setup, tmp_path, monkeypatch):

@@ -54,33 +54,43 @@ def noised(target: TextToImageTarget, x0: torch.Tensor, gen: torch.Generator) ->
     return target.add_noise(x0, noise, t), t, noise
 
 
+#: How ESD draws its training points x_t (see :class:`ESD`).
+ESD_SAMPLING = ("noised", "partial")
+
+
 @register_unlearner("esd")
 class ESD(T2IUnlearner):
-    """ESD: fine-tune the UNet to follow the frozen model's negative guidance away from the erased prompt."""
+    """ESD: fine-tune the UNet to follow the frozen model's negative guidance away from the erased prompt.
+
+    ``sampling`` picks the training points x_t: "partial" runs the model being
+    fine-tuned part way down its own DDIM trajectory for the erased prompt, to a
+    random step, as the paper does; "noised" (default, several times cheaper)
+    forward-noises ``pool`` generations of the frozen model for that prompt.
+    """
 
     method = "esd"
 
     def __init__(self, eta: float = 1.0, steps: int = 200, lr: float = 1e-5, batch_size: int = 16,
-                 params: str = "noxattn", pool: int = 64, seed: int = 0, threads: int = 2) -> None:
+                 params: str = "noxattn", pool: int = 64, sampling: str = "noised", seed: int = 0, threads: int = 2) -> None:
         if steps < 1 or lr <= 0 or batch_size < 1 or pool < 1:
             raise UserError("esd: steps, batch_size and pool must be >= 1 and lr > 0")
         if params not in ESD_PARAM_SETS:
             raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {params!r}")
+        if sampling not in ESD_SAMPLING:
+            raise UserError(f"esd: sampling must be one of {', '.join(ESD_SAMPLING)}, got {sampling!r}")
         self.eta, self.steps, self.lr, self.batch_size, self.params = float(eta), steps, lr, batch_size, params
-        self.pool, self.seed, self.threads = pool, seed, threads
+        self.pool, self.sampling, self.seed, self.threads = pool, sampling, seed, threads
 
     def update(self, target, unet, request):
         gen = torch.Generator().manual_seed(self.seed)
         frozen = target.unet
-        seeds = torch.randint(2**31 - 1, (self.pool,), generator=gen).tolist()
-        images = target.generate(request.forget_prompt, seeds)  # what the frozen model draws for c
-        x0_pool = target.image_to_x0(images)
         with torch.no_grad():
             cond = target.encode_prompts([request.forget_prompt])
             uncond = target.encode_prompts([""])
+        training_points = self._partial_points(target, unet, cond) if self.sampling == "partial" else self._noised_points(target, request, gen)
         optimizer = torch.optim.Adam(select_parameters(unet, self.params), lr=self.lr)
         for idx in seeded_batches(self.pool, self.batch_size, self.steps, gen):
-            x_t, t, _ = noised(target, x0_pool[idx], gen)
+            x_t, t = training_points(len(idx), idx, gen)
             c, u = cond.expand(len(idx), -1, -1), uncond.expand(len(idx), -1, -1)
             with torch.no_grad():
                 e_u, e_c = frozen(x_t, t, encoder_hidden_states=u).sample, frozen(x_t, t, encoder_hidden_states=c).sample
@@ -90,6 +100,31 @@ class ESD(T2IUnlearner):
             loss.backward()
             optimizer.step()
         return unet.eval().requires_grad_(False)
+
+    def _noised_points(self, target, request, gen):
+        """x_t by forward-noising what the frozen model draws for the erased prompt."""
+        seeds = torch.randint(2**31 - 1, (self.pool,), generator=gen).tolist()
+        x0_pool = target.image_to_x0(target.generate(request.forget_prompt, seeds))
+
+        def draw(n, idx, gen):
+            x_t, t, _ = noised(target, x0_pool[idx], gen)
+            return x_t, t
+
+        return draw
+
+    def _partial_points(self, target, unet, cond):
+        """x_t from the current UNet's own DDIM run for the erased prompt, stopped at a random step."""
+        current = target.with_unet(unet)
+
+        def draw(n, idx, gen):
+            seeds = torch.randint(2**31 - 1, (n,), generator=gen).tolist()
+            stop = int(torch.randint(target.default_steps, (1,), generator=gen))
+            unet.eval()
+            x_t, t = current.partial_sample(cond.expand(n, -1, -1), seeds, stop)
+            unet.train()
+            return x_t, t.expand(n)
+
+        return draw
 
 
 def saliency_masks(target: TextToImageTarget, unet: nn.Module, request: ForgetRequest, fraction: float,

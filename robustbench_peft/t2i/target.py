@@ -126,27 +126,45 @@ class TextToImageTarget:
         shape = self.sample_shape()
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
-    @torch.no_grad()
-    def generate_from_cond(self, cond: torch.Tensor, seeds: Sequence[int], guidance: float | None = None,
-                           steps: int | None = None) -> torch.Tensor:
-        """Deterministic DDIM sampling (eta 0) with classifier-free guidance against the empty prompt."""
+    def _ddim(self, guidance: float | None, steps: int | None):
         from diffusers import DDIMScheduler
 
-        guidance = self.default_guidance if guidance is None else float(guidance)
-        steps = self.default_steps if steps is None else int(steps)
         sampler = DDIMScheduler.from_config(self.scheduler.config)
-        sampler.set_timesteps(steps)
+        sampler.set_timesteps(self.default_steps if steps is None else int(steps))
+        return sampler, self.default_guidance if guidance is None else float(guidance)
+
+    @torch.no_grad()
+    def _ddim_latents(self, cond: torch.Tensor, seeds: Sequence[int], sampler: Any, guidance: float, stop: int | None = None) -> torch.Tensor:
+        """Deterministic DDIM (eta 0) from seeded noise with classifier-free guidance against the
+        empty prompt, through all of ``sampler.timesteps`` or the first ``stop`` of them."""
         x = self.initial_noise(seeds) * sampler.init_noise_sigma
         uncond = self.encode_prompts([""]).expand(cond.shape[0], -1, -1)
         both = torch.cat([uncond, cond])
-        for t in sampler.timesteps:
+        for t in sampler.timesteps[:stop]:
             if guidance == 1.0:
                 eps = self.denoise(x, t, cond)
             else:  # one UNet call for the unconditional and conditional halves
                 eps_u, eps_c = self.denoise(torch.cat([x, x]), t, both).chunk(2)
                 eps = eps_u + guidance * (eps_c - eps_u)
             x = sampler.step(eps, t, x).prev_sample
-        return self.x0_to_image(x)
+        return x
+
+    @torch.no_grad()
+    def generate_from_cond(self, cond: torch.Tensor, seeds: Sequence[int], guidance: float | None = None,
+                           steps: int | None = None) -> torch.Tensor:
+        """Deterministic DDIM sampling (eta 0) with classifier-free guidance against the empty prompt."""
+        sampler, guidance = self._ddim(guidance, steps)
+        return self.x0_to_image(self._ddim_latents(cond, seeds, sampler, guidance))
+
+    @torch.no_grad()
+    def partial_sample(self, cond: torch.Tensor, seeds: Sequence[int], stop: int, guidance: float | None = None,
+                       steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, t): the latents after the first ``stop`` of ``steps`` DDIM steps, and the timestep
+        they stand at. ESD trains on such points of the model's own sampling trajectory."""
+        sampler, guidance = self._ddim(guidance, steps)
+        if not 0 <= stop < len(sampler.timesteps):
+            raise ValueError(f"stop must be in [0, {len(sampler.timesteps)}), got {stop}")
+        return self._ddim_latents(cond, seeds, sampler, guidance, stop), sampler.timesteps[stop]
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str] | str, seeds: Sequence[int] | int, guidance: float | None = None,
