@@ -7,7 +7,9 @@ options without writing a parser of its own.
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -94,8 +96,6 @@ def parse_setting(text: str) -> tuple[list[str], Any]:
     The value is read as JSON when it parses (numbers, true/false/null, lists,
     objects) and kept as text otherwise, so ``task=sd-object`` needs no quotes.
     """
-    import json
-
     path, sep, raw = str(text).partition("=")
     keys = [k.strip() for k in path.split(".")]
     if not sep or len(keys) < 2 or not all(keys):
@@ -114,8 +114,6 @@ def apply_settings(extra: dict[str, Any], settings: list[str], sections: tuple[s
 
     Only the suite's own report sections can be set; a key below a value that
     is not an object is refused rather than silently replaced."""
-    import copy
-
     merged = copy.deepcopy(extra)
     for text in settings:
         keys, value = parse_setting(text)
