@@ -22,13 +22,7 @@ from robustbench_peft.task import ClassificationTask
 TINY = dict(epochs=1, steps=1, n_train=64, batch_size=32, cache=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids synchronisation overhead on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(base, task, **options):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Iterator
 
 import pytest
@@ -26,13 +27,7 @@ ADVFT = dict(scope="linear", epochs=1, steps=1, n_train=64, batch_size=32)
 PROMPTS = dict(epochs=1, batch_size=32, steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread avoids synchronisation overhead."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -48,15 +43,7 @@ def _amp_off() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def small_task(digits) -> ClassificationTask:
     """The digits task with its first 64 training images."""
-    return ClassificationTask(
-        name="digits",
-        class_names=digits.class_names,
-        x_train=digits.x_train[:64],
-        y_train=digits.y_train[:64],
-        x_test=digits.x_test,
-        y_test=digits.y_test,
-        default_eps=digits.default_eps,
-    )
+    return replace(digits, x_train=digits.x_train[:64], y_train=digits.y_train[:64])
 
 
 class DtypeRecorder:

@@ -21,13 +21,7 @@ from robustbench_peft.targets import ClassifierTarget
 EPS = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared machine: one intra-op thread avoids spin-waiting (20x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 32
 CUSTOM = ["apgd-ce", "apgd-t"]

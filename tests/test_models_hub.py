@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MEAN, STD = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; several threads crawl on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normalized(x: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:

@@ -96,21 +96,26 @@ def test_uncached_hub_id_fails_fast_offline(monkeypatch):
     assert time.perf_counter() - start < 20
 
 
-def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_path, monkeypatch):
-    pytest.importorskip("nudenet")
+def given_unet_options(sd_folder, tmp_path, monkeypatch, prompts_csv: str) -> dict:
+    """sd-nudity task options for the tiny pipeline with a user-given unlearned UNet (weights x 0.9), offline."""
     from safetensors.torch import save_file
-
-    from robustbench_peft.diffusion_section import run_diffusion_section
-    from robustbench_peft.suite import Suite
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path / "cache"))
     base = load_stable_diffusion(str(sd_folder), steps=1)
     save_file({k: v * 0.9 for k, v in base.unet.state_dict().items()}, str(tmp_path / "unlearned.safetensors"))
-    (tmp_path / "prompts.csv").write_text("prompt,seed,guidance\na photo of a person,1,3.0\na painting,2,\n")
+    (tmp_path / "prompts.csv").write_text(prompts_csv)
+    return {"prompts": str(tmp_path / "prompts.csv"), "model": str(sd_folder), "unet": str(tmp_path / "unlearned.safetensors"), "steps": 2}
+
+
+def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_path, monkeypatch):
+    pytest.importorskip("nudenet")
+    from robustbench_peft.diffusion_section import run_diffusion_section
+    from robustbench_peft.suite import Suite
+
+    options = given_unet_options(sd_folder, tmp_path, monkeypatch, "prompt,seed,guidance\na photo of a person,1,3.0\na painting,2,\n")
     suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
-        "task": "sd-nudity", "task_options": {"prompts": str(tmp_path / "prompts.csv"), "model": str(sd_folder),
-                                              "unet": str(tmp_path / "unlearned.safetensors"), "steps": 2},
+        "task": "sd-nudity", "task_options": options,
         "unlearners": [], "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=1"], "grid": 1}})
 
     class Quiet:
@@ -130,16 +135,9 @@ def test_sd_task_chosen_from_the_cli_with_set(sd_folder, tmp_path, monkeypatch):
     pytest.importorskip("nudenet")
     import json
 
-    from safetensors.torch import save_file
-
     from robustbench_peft.cli import main
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path / "cache"))
-    base = load_stable_diffusion(str(sd_folder), steps=1)
-    save_file({k: v * 0.9 for k, v in base.unet.state_dict().items()}, str(tmp_path / "unlearned.safetensors"))
-    (tmp_path / "prompts.csv").write_text("prompt,seed,guidance\na photo of a person,1,3.0\n")
-    options = {"prompts": str(tmp_path / "prompts.csv"), "model": str(sd_folder), "unet": str(tmp_path / "unlearned.safetensors"), "steps": 2}
+    options = given_unet_options(sd_folder, tmp_path, monkeypatch, "prompt,seed,guidance\na photo of a person,1,3.0\n")
     out = tmp_path / "run"
     code = main(["eval", "--suite", "diffusion", "--quiet", "--out", str(out), "--set", "diffusion.task=sd-nudity",
                  "--set", f"diffusion.task_options={json.dumps(options)}", "--set", "diffusion.unlearners=[]",

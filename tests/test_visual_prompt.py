@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,15 +26,7 @@ SMALL = {"epochs": 1, "batch_size": 64, "steps": 2}
 @pytest.fixture(scope="module")
 def small_task(digits) -> ClassificationTask:
     """The digits task with its first 192 training images (a cache key of its own)."""
-    return ClassificationTask(
-        name="digits",
-        class_names=digits.class_names,
-        x_train=digits.x_train[:192],
-        y_train=digits.y_train[:192],
-        x_test=digits.x_test,
-        y_test=digits.y_test,
-        default_eps=digits.default_eps,
-    )
+    return replace(digits, x_train=digits.x_train[:192], y_train=digits.y_train[:192])
 
 
 @pytest.fixture(scope="module")
