@@ -215,6 +215,12 @@ def _component_rows(components: list[str], attacked: int, log: ComponentLog) -> 
     return rows
 
 
+#: Forward passes APGD averages per step in AutoAttack's ``rand`` version (EOT for randomised models).
+AUTOATTACK_RAND_EOT = 20
+#: Components that use model outputs only, no gradients.
+QUERY_COMPONENTS = {"square"}
+
+
 # -- the attack ---------------------------------------------------------------------------
 @register_attack("autoattack")
 class AutoAttackAdapter(Attack):
@@ -222,12 +228,18 @@ class AutoAttackAdapter(Attack):
 
     name = "autoattack"
 
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        """Square alone only queries outputs; any gradient component makes the attack white-box."""
+        return "query" if self.version == "custom" and set(self.attacks) <= QUERY_COMPONENTS else "white-box"
+
     def __init__(
         self,
         norm: str = "Linf",
         version: str = "standard",
         attacks: Sequence[str] = (),
         n_target_classes: int = 9,
+        n_queries: int = 0,
         backend: str = "auto",
         seed: int = 0,
         batch_size: int = 256,
@@ -249,6 +261,9 @@ class AutoAttackAdapter(Attack):
         self.version = version
         self.attacks = list(dict.fromkeys(attacks))
         self.n_target_classes = int(n_target_classes)
+        if int(n_queries) < 0:
+            raise UserError(f"n_queries (Square's query budget; 0 = the library's 5000) must be >= 0, got {n_queries}")
+        self.n_queries = int(n_queries)
         self.backend_name = resolve_backend(backend)
         self.backend = BACKENDS[self.backend_name]
         self._reset([], 0)
@@ -260,10 +275,10 @@ class AutoAttackAdapter(Attack):
         self._setup: dict[str, Any] = {}
         self._warnings: list[str] = []
 
-    def __call__(self, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *, craft_target: ClassifierTarget | None = None) -> AttackResult:
+    def __call__(self, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], **options: Any) -> AttackResult:
         """The base contract; also remembers how many samples and which eps the details cover."""
         self._reset(validate_eps(eps_list), len(x))
-        return super().__call__(target, x, y, eps_list, craft_target=craft_target)
+        return super().__call__(target, x, y, eps_list, **options)
 
     # -- components --------------------------------------------------------------------------
     def default_components(self) -> list[str]:
@@ -289,9 +304,11 @@ class AutoAttackAdapter(Attack):
         adversary.attacks_to_run = list(plan["components"])
         adversary.apgd_targeted.n_target_classes = plan["n_target_classes"]
         adversary.fab.n_target_classes = plan["n_target_classes"]
+        if self.n_queries:
+            adversary.square.n_queries = self.n_queries
 
     # -- the attack proper ---------------------------------------------------------------------
-    def perturb(self, model, x, y, eps, generator):
+    def perturb(self, model, x, y, eps, generator, referee=None):
         device = model.device if isinstance(model, ClassifierTarget) else next(model.parameters()).device
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
@@ -328,14 +345,17 @@ class AutoAttackAdapter(Attack):
             "version": self.version,
             "attacks": list(self.attacks),
             "n_target_classes": self.n_target_classes,
+            "n_queries": self.n_queries or None,
             "backend": self.backend_name,
             "batch_size": self.batch_size,
+            "eot": AUTOATTACK_RAND_EOT if self.version == "rand" else 1,
         }
 
     def describe(self) -> str:
+        queries = f"-{self.n_queries}q" if self.n_queries else ""
         if self.version == "custom":
-            return "autoattack-" + "+".join(self.attacks)
-        return f"autoattack-{self.version}"
+            return "autoattack-" + "+".join(self.attacks) + queries
+        return f"autoattack-{self.version}" + queries
 
     def details(self) -> dict[str, Any]:
         """Accuracy after each component per eps, over all evaluated samples (a sample fooled at a

@@ -1,8 +1,15 @@
 """Projected gradient descent (Madry et al. 2018) with the options evaluations need.
 
 Linf and L2, random start, restarts, step-size schedules, CE / CW / DLR losses,
-targeted mode, momentum (MI-FGSM) and input diversity (DI) for transfer. Samples
-stop receiving effort the step they are misclassified (``early_stop``).
+targeted mode, momentum (MI-FGSM), input diversity (DI) for transfer, and
+expectation over transformation (``eot``: gradients averaged over several
+forward passes of a randomised model).
+
+Samples stop receiving effort the step the evaluated model, in float32,
+misclassifies them by more than ``kappa`` (``early_stop``; the base class's
+:class:`~robustbench_peft.referee.Referee` decides). Crafted on another model
+(non-adaptive, transfer), PGD gets no referee and spends its whole budget: every
+step, every restart, and per sample the restart with the highest crafting loss.
 """
 
 from __future__ import annotations
@@ -79,11 +86,18 @@ class PGD(Attack):
         momentum: float = 0.0,
         input_diversity: float = 0.0,
         early_stop: bool = True,
+        kappa: float = 0.0,
+        eot: int = 1,
         seed: int = 0,
         batch_size: int = 256,
         progress: bool = True,
     ) -> None:
         super().__init__(norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        if kappa < 0:
+            raise UserError(f"pgd kappa is a logit margin >= 0, got {kappa}")
+        if int(eot) < 1:
+            raise UserError(f"pgd eot is the number of forward passes averaged per step, >= 1; got {eot}")
+        self.kappa, self.eot = float(kappa), int(eot)
         if steps < 1 or restarts < 1:
             raise UserError(f"pgd needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}")
         if step_size < 0 or rel_step_size < 0:
@@ -117,6 +131,8 @@ class PGD(Attack):
             "momentum": self.momentum,
             "input_diversity": self.input_diversity,
             "early_stop": self.early_stop,
+            "kappa": self.kappa,
+            "eot": self.eot,
         }
 
     def describe(self) -> str:
@@ -127,6 +143,8 @@ class PGD(Attack):
             parts.append(self.loss_name)
         if self.targeted:
             parts.append("targeted")
+        if self.eot > 1:
+            parts.append(f"eot{self.eot}")
         return "-".join(parts)
 
     def alpha(self, eps: float) -> float:
@@ -134,10 +152,12 @@ class PGD(Attack):
             return self.step_size
         return (self.rel_step_size or 2.5 / self.steps) * eps
 
-    def perturb(self, model, x, y, eps, generator):
+    def perturb(self, model, x, y, eps, generator, referee=None):
         target = None
         if self.targeted:
             target = TARGET_CHOICES[self.target_choice](model.logits(x, self.batch_size), y, generator)
+        if referee is None:
+            return self._full_budget(model, x, y, target, eps, generator)
         best = x.clone()
         done = torch.zeros(len(x), dtype=torch.bool)
         for restart in range(self.restarts):
@@ -145,23 +165,51 @@ class PGD(Attack):
             if len(todo) == 0:
                 break
             final_check = restart < self.restarts - 1  # the last restart's flags are never read
-            found, x_last = self._one_run(model, x[todo], y[todo], None if target is None else target[todo], eps, generator, final_check)
+            found, x_last = self._one_run(model, x[todo], y[todo], None if target is None else target[todo], eps, generator, referee, final_check)
             best[todo] = x_last  # fooling iterates are frozen; others keep the latest restart's last iterate
             done[todo] |= found
         return best
+
+    def _full_budget(self, model, x, y, target, eps, generator):
+        """Every step of every restart on every sample; per sample, the restart whose last
+        iterate has the highest crafting loss (the crafting model cannot say who is broken
+        on the evaluated one)."""
+        best, best_loss = x.clone(), torch.full((len(x),), float("-inf"))
+        for _ in range(self.restarts):
+            _, x_last = self._one_run(model, x, y, target, eps, generator, None, final_check=False)
+            loss = self._crafting_loss(model, x_last, y, target)
+            better = loss > best_loss
+            best[better], best_loss[better] = x_last[better], loss[better]
+        return best
+
+    @torch.no_grad()
+    def _crafting_loss(self, model, x, y, target) -> torch.Tensor:
+        logits = model.logits(x, self.batch_size)
+        return self.loss_fn(logits, y, None if target is None else target.cpu()).float()
 
     def _fooled(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         pred = logits.argmax(1)
         return pred == target if target is not None else pred != y
 
-    def _one_run(self, model, x, y, target, eps, generator, final_check: bool = True):
+    def _gradient(self, model, xa, y, target, generator):
+        """Logits of the first pass and the input gradient of the loss summed over ``eot`` passes."""
+        total, first = None, None
+        for _ in range(self.eot):
+            logits = model(diverse_input(xa, self.input_diversity, generator))
+            loss = self.loss_fn(logits, y, target).sum()
+            total = loss if total is None else total + loss
+            first = logits if first is None else first
+        return first, torch.autograd.grad(total, xa)[0].detach()
+
+    def _one_run(self, model, x, y, target, eps, generator, referee, final_check: bool = True):
         """One PGD run over every sample; returns (fooled flags, first-fooling or final iterates).
 
         Samples flow through an :class:`ActiveBatch` of ``batch_size`` slots: a sample
-        leaves it the step it is fooled (``early_stop``) or after its last step, and the
-        next one waiting takes its slot. Samples that ran every step unfooled are checked
-        in one graph-free pass at the end, and not at all without ``final_check`` (the
-        caller re-measures the returned inputs anyway).
+        leaves it the step the referee confirms it fooled (``early_stop``; never without
+        a referee) or after its last step, and the next one waiting takes its slot.
+        Samples that ran every step unfooled are checked in one graph-free pass at the
+        end, and not at all without ``final_check`` (the caller re-measures the returned
+        inputs anyway).
         """
         start = random_start(x, eps, self.norm, generator) if self.random_start else x
         out = start.clone()
@@ -172,6 +220,8 @@ class PGD(Attack):
         alpha_table = torch.tensor(alphas, dtype=x.dtype, device=model.device)
         shape = (-1, *([1] * (x.dim() - 1)))
         batch = ActiveBatch.empty(x, model.device, targeted=target is not None, momentum=self.momentum > 0)
+        early_stop = self.early_stop and referee is not None
+        single_pass = self.input_diversity == 0 and self.eot == 1  # the gradient's logits are those of x_adv itself
         waiting, oldest = 0, 0  # next sample to admit; steps taken by the longest-serving slot
         while waiting < len(x) or len(batch):
             if len(batch) < self.batch_size and waiting < len(x):
@@ -179,14 +229,14 @@ class PGD(Attack):
                 waiting += len(rows)
                 batch.admit(rows, x[rows], start[rows], y[rows], None if target is None else target[rows])
             xa = batch.x_adv.detach().requires_grad_(True)
-            logits = model(diverse_input(xa, self.input_diversity, generator))
+            logits, grad = self._gradient(model, xa, batch.y, batch.target, generator)
             fooled = None
-            if self.early_stop and self.input_diversity == 0:
-                fooled = self._fooled(logits.detach(), batch.y, batch.target)
-            elif self.early_stop:
-                with torch.no_grad():
-                    fooled = self._fooled(model(xa), batch.y, batch.target)
-            grad = torch.autograd.grad(self.loss_fn(logits, batch.y, batch.target).sum(), xa)[0].detach()
+            if early_stop:
+                seen = logits.detach() if single_pass else None
+                if seen is None:
+                    with torch.no_grad():
+                        seen = model(xa)
+                fooled = referee.confirm(model, xa, batch.y, self._fooled(seen, batch.y, batch.target), logits=seen)
             if batch.momentum is not None:
                 grad = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(shape)
                 batch.momentum = self.momentum * batch.momentum + grad
@@ -212,7 +262,10 @@ class PGD(Attack):
                 unchecked.append(leaving[~broken])
                 batch.keep(~retire)
                 oldest = int(batch.step.max()) if len(batch) else 0
-        if final_check and unchecked:
+        if final_check and unchecked and referee is not None:
             rows = torch.cat(unchecked)
-            found[rows] = self._fooled(model.logits(out[rows], self.batch_size), y[rows], None if target is None else target[rows])
+            labels = y[rows]
+            logits = model.logits(out[rows], self.batch_size)
+            flagged = self._fooled(logits, labels, None if target is None else target[rows])
+            found[rows] = referee.confirm(model, out[rows], labels, flagged, logits=logits).cpu()
         return found, out

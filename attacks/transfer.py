@@ -54,6 +54,7 @@ class Transfer(Attack):
 
     name = "transfer"
     adaptive = False
+    kind = "transfer"
 
     def __init__(
         self,
@@ -91,10 +92,10 @@ class Transfer(Attack):
         self._eps, self._n = eps, n
         self._records: dict[float, dict[str, Any]] = {}
 
-    def __call__(self, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], *, craft_target: ClassifierTarget | None = None) -> AttackResult:
+    def __call__(self, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], **options: Any) -> AttackResult:
         """The base contract; also remembers how many samples and which eps the details cover."""
         self._reset(validate_eps(eps_list), len(x))
-        return super().__call__(target, x, y, eps_list, craft_target=craft_target)
+        return super().__call__(target, x, y, eps_list, **options)
 
     # -- sources -------------------------------------------------------------------------------
     def sources(self, like: ClassifierTarget) -> dict[str, ClassifierTarget]:
@@ -120,7 +121,7 @@ class Transfer(Attack):
         return [pair_name(s, m) for s in sources for m in self.methods]
 
     # -- the attack proper ----------------------------------------------------------------------
-    def perturb(self, model, x, y, eps, generator):
+    def perturb(self, model, x, y, eps, generator, referee=None):
         union = x.clone()
         undecided = torch.ones(len(x), dtype=torch.bool)
         fooled_by: dict[str, int] = {}

@@ -15,7 +15,12 @@ Two targets:
   own class. The label never chooses the prompt: that would be an oracle.
 
 Attacks get straight-through gradients of the clip (BPDA): exact clip gradients
-are zero on saturated pixels and measurably weaken every gradient attack.
+are zero on saturated pixels and measurably weaken every gradient attack. Under
+L2 the straight-through gradient in turn spends part of each normalised step on
+border pixels that the clip holds fixed, so white-box attacks under L2 also run
+on the exact-gradient variant (:meth:`PromptedClassifier.gradient_variants`) and
+keep the per-sample worst. Under Linf each pixel steps by the sign on its own, a
+held pixel takes nothing from the others, and the straight-through run alone is kept.
 
 Prompts are stored compactly (only the entries inside the mask) in safetensors
 files with a checksum sidecar; see :func:`save_prompts` / :func:`load_prompts`.
@@ -23,6 +28,7 @@ files with a checksum sidecar; see :func:`save_prompts` / :func:`load_prompts`.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -129,6 +135,14 @@ class PromptedClassifier(ClassifierTarget):
     @staticmethod
     def passes(n_prompts: int) -> int:
         return 1
+
+    def gradient_variants(self, norm: str) -> dict[str, ClassifierTarget]:
+        """Under L2, the same pipeline with the other clip gradient (see the module docstring)."""
+        if norm != "L2":
+            return {}
+        variant = copy.copy(self)  # shares base, prompts and mask; only the gradient rule differs
+        variant.straight_through = not self.straight_through
+        return {"straight-through clip" if variant.straight_through else "exact clip": variant}
 
     def _check_prompt_count(self) -> None:
         if self.n_prompts != 1:

@@ -6,6 +6,13 @@ trustworthy: input checks, eps handling from small to large, effort only on
 samples not yet broken, projection onto the threat model, [0,1] clipping, a
 validity check of what is returned, and predictions re-measured on the returned
 inputs by the evaluated target.
+
+An attack may stop working on a sample only on the word of a
+:class:`~robustbench_peft.referee.Referee` (the evaluated target in float32).
+An attack crafted on another model (non-adaptive) gets none and spends its
+whole budget. A returned input that still breaks the contract after projection
+(a projection bug) is replaced by the clean input, never scored, and counted in
+``AttackResult.invalid``, which the ``returned_inputs_valid`` check reads.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .precision import crafting_autocast
+from .referee import Referee
 from .targets import ClassifierTarget
-from .threat_model import check_norm, project, violations
+from .threat_model import check_norm, invalid_mask, project, violations
 
 
 class AttackValidityError(RuntimeError):
-    """An attack returned inputs outside the threat model after projection: a bug."""
+    """An attack returned candidates of the wrong shape: a bug."""
 
 
 @dataclass
@@ -48,6 +56,8 @@ class AttackResult:
     adaptive: bool = True
     details: dict[str, Any] = field(default_factory=dict)
     invalid: list[dict[str, int]] = field(default_factory=list)
+    #: The attack's :attr:`Attack.kind` ("white-box", "transfer", "query").
+    kind: str = "white-box"
 
     @property
     def robust_accuracy(self) -> list[float]:
@@ -89,6 +99,13 @@ class Attack(ABC):
     name: str = "attack"
     #: False for attacks whose perturbation is crafted without the evaluated pipeline.
     adaptive: bool = True
+    #: How the attack learns about the model: "white-box" (gradients of the evaluated
+    #: pipeline), "transfer" (gradients of other models only) or "query" (outputs only).
+    #: The checks compare the latter two with white-box per sample.
+    kind: str = "white-box"
+    #: Margin the evaluated target must show (max wrong logit - true logit) before a
+    #: sample counts as broken during the attack (early stop); 0 = misclassified.
+    kappa: float = 0.0
     #: Autocast while crafting ("off", "bf16", "fp16"); set by the runner option ``amp=``.
     #: Off by default: a half-precision gradient can vanish and overstate robustness.
     #: Accuracy is re-measured in float32 either way.
@@ -104,8 +121,11 @@ class Attack(ABC):
 
     # -- what subclasses implement -------------------------------------------------
     @abstractmethod
-    def perturb(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
-        """Candidates for ``x`` (all still correctly classified) within ``eps``."""
+    def perturb(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None = None) -> torch.Tensor:
+        """Candidates for ``x`` (all still correctly classified) within ``eps``.
+
+        ``referee`` (None when crafting on another model than the evaluated one) is
+        the only authority on whether a sample may stop receiving effort."""
 
     def config(self) -> dict[str, Any]:
         """The settings that reproduce this attack (recorded in reports)."""
@@ -123,9 +143,12 @@ class Attack(ABC):
         eps_list: Sequence[float],
         *,
         craft_target: ClassifierTarget | None = None,
+        same_function: bool = False,
     ) -> AttackResult:
         """Attack ``target`` at every eps; perturbations are crafted on ``craft_target``
-        (the target itself unless given: a different one makes the evaluation non-adaptive)."""
+        (the target itself unless given: a different one makes the evaluation non-adaptive,
+        unless ``same_function`` says it computes the same outputs through another gradient,
+        e.g. a prompt's exact clip gradient instead of the straight-through one)."""
         eps_values = validate_eps(eps_list)
         target.check_input(x)
         y = torch.as_tensor(y, dtype=torch.long)
@@ -136,31 +159,42 @@ class Attack(ABC):
         craft.eval()
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
+        adaptive = craft is target or same_function
+        referee = Referee(target, self.kappa) if adaptive else None
         correct = target.predict(x, self.batch_size) == y
         best = x.clone()
         order = sorted(range(len(eps_values)), key=lambda i: eps_values[i])
         rows: dict[int, torch.Tensor] = {}
         advs: dict[int, torch.Tensor] = {}
         invalid: dict[int, dict[str, int]] = {}
+        unconfirmed = 0  # samples the referee confirmed broken that re-measure as correct
         bar = tqdm(total=len(order), desc=f"{self.describe()} {self.norm}", leave=False, disable=not self.progress)
         for i in order:
             eps = eps_values[i]
             standing = correct.nonzero().flatten()
+            confirmed_before = referee.confirmed if referee is not None else 0
             if len(standing):
                 with crafting_autocast(craft.device, self.amp):
-                    candidates = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator)
+                    candidates = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator, referee)
                 if candidates.shape != x[standing].shape:
                     raise AttackValidityError(f"{self.name} returned shape {tuple(candidates.shape)} for {tuple(x[standing].shape)}")
                 best[standing] = project(x[standing], torch.nan_to_num(candidates, nan=0.0), eps, self.norm)
-            bad = violations(x, best, eps, self.norm)
-            invalid[i] = bad
-            if any(bad.values()):
-                raise AttackValidityError(f"{self.name} at eps={eps}: invalid inputs after projection: {bad}")
+            invalid[i] = violations(x, best, eps, self.norm)
+            bad = invalid_mask(x, best, eps, self.norm)
+            if bool(bad.any()):
+                best[bad] = x[bad]  # never score an input outside the threat model
+                warnings.warn(f"{self.name} at eps={eps}: {int(bad.sum())} inputs outside the threat model after projection: {invalid[i]}; scored as the clean inputs", RuntimeWarning, stacklevel=2)
             x_adv = best.clone()
             correct = target.predict(x_adv, self.batch_size) == y  # re-measured on what is returned
+            if referee is not None and len(standing):
+                newly_broken = int((~correct[standing]).sum())
+                unconfirmed += max(0, referee.confirmed - confirmed_before - newly_broken)
             rows[i], advs[i] = correct.clone(), x_adv
             bar.update(1)
         bar.close()
+        details = self.details()
+        if referee is not None:
+            details = {**details, "referee": {**referee.record(), "unconfirmed_on_remeasure": unconfirmed}}
         return AttackResult(
             name=self.describe() + ("" if self.amp == "off" else f"@{self.amp}"),
             threat_model=self.norm,
@@ -169,17 +203,18 @@ class Attack(ABC):
             x_adv=[advs[i] for i in range(len(eps_values))],
             seconds=time.perf_counter() - start,
             config={"attack": self.name, **self.config(), **({"amp": self.amp} if self.amp != "off" else {})},
-            adaptive=self.adaptive and craft_target is None,
-            details=self.details(),
+            adaptive=self.adaptive and adaptive,
+            details=details,
             invalid=[invalid[i] for i in range(len(eps_values))],
+            kind=self.kind,
         )
 
-    def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None) -> torch.Tensor:
         """``perturb``, halving the batch size on out-of-memory until it fits (or 1 fails)."""
         while True:
             state = generator.get_state()
             try:
-                return self.perturb(model, x, y, eps, generator).detach().cpu()
+                return self.perturb(model, x, y, eps, generator, referee=referee).detach().cpu()
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 if self.batch_size <= 1:
                     raise UserError(f"{self.name}: out of memory even with batch size 1: {exc}") from None

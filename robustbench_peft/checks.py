@@ -14,9 +14,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attack import AttackResult
+from .attack import Attack, AttackResult
 from .registry import ATTACKS
 from .targets import ClassifierTarget
+from .worst_case import WorstCase
 
 #: Samples used by the checks that run extra attacks (kept small: checks must be cheap).
 CHECK_SUBSET = 64
@@ -36,7 +37,12 @@ class CheckResult:
 
 @dataclass
 class RunContext:
-    """Everything the post-attack checks may look at for one (model, defense) run."""
+    """Everything the post-attack checks may look at for one (model, defense) run.
+
+    ``worst`` is the run's worst case before the checks; checks that attack the
+    evaluated target append their results to ``extra``, and the runner folds
+    them into the reported worst case (every attack the suite runs counts).
+    """
 
     target: ClassifierTarget
     x: torch.Tensor
@@ -45,7 +51,24 @@ class RunContext:
     results: list[AttackResult]
     eps: dict[str, list[float]]
     seed: int
-    worst: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
+    worst: dict[tuple[str, float], WorstCase] = field(default_factory=dict)
+    #: The undefended base model of a defended run (None for a bare model).
+    base: ClassifierTarget | None = None
+    #: The run's adaptive white-box attacks (for "the base model falls to the same attack").
+    white_box: list[Attack] = field(default_factory=list)
+    extra: list[AttackResult] = field(default_factory=list)
+
+    def attack(self, attack: Attack, x: torch.Tensor, y: torch.Tensor, eps: list[float], fold: bool = True) -> AttackResult:
+        """Run a check's attack on the evaluated target; its result folds into the worst case."""
+        result = attack(self.target, x, y, eps)
+        if fold:
+            self.extra.append(result)
+        return result
+
+    def covered(self, norm: str) -> int:
+        """Samples every worst-case row of ``norm`` covers (checks stay inside what the run attacked)."""
+        counts = [w.n for (n, _), w in self.worst.items() if n == norm]
+        return min(counts) if counts else len(self.y)
 
 
 PreCheck = Callable[[ClassifierTarget, torch.Tensor, torch.Tensor], CheckResult]
@@ -64,20 +87,35 @@ def post_check(fn: PostCheck) -> PostCheck:
     return fn
 
 
+#: Largest difference between a sample's logits computed in one batch and in another
+#: (float round-off of batched kernels), relative to the logits' scale.
+BATCH_TOLERANCE = 1e-4
+
+
 @pre_check
 def eval_mode_deterministic(target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
-    target.eval()
-    training = [name for name, m in target.named_modules() if m.training]
+    """The target as the attacks get it: no module left training (not re-set here, so a wrapper
+    whose ``eval()`` does not reach its children is caught), the same outputs twice, and a
+    sample's outputs independent of the rest of its batch (batch statistics at test time)."""
+    name = "eval_mode_deterministic"
+    training = [module_name or type(m).__name__ for module_name, m in target.named_modules() if m.training]
     if training:
-        return CheckResult("eval_mode_deterministic", False, f"modules still in training mode: {', '.join(training[:3])}")
+        return CheckResult(name, False, f"modules still in training mode after eval(): {', '.join(training[:3])}")
     sample = x[:32]
-    first, second = target.logits(sample), target.logits(sample)
-    if target.is_stochastic:
-        return CheckResult("eval_mode_deterministic", True, "declared stochastic: attacks must average over randomness (EOT)")
-    if not torch.equal(first, second):
-        diff = (first - second).abs().max().item()
-        return CheckResult("eval_mode_deterministic", False, f"two forward passes on the same inputs differ by up to {diff:.3g}: the model is randomised but not declared stochastic")
-    return CheckResult("eval_mode_deterministic", True, "eval mode; repeated forward passes identical")
+    with torch.no_grad():
+        first, second = target.logits(sample), target.logits(sample)
+        if target.is_stochastic:
+            return CheckResult(name, True, "declared stochastic: attacks must average over randomness (EOT; see eot_for_stochastic_targets)")
+        if not torch.equal(first, second):
+            diff = (first - second).abs().max().item()
+            return CheckResult(name, False, f"two forward passes on the same inputs differ by up to {diff:.3g}: the model is randomised but not declared stochastic")
+        halves = torch.cat([target.logits(sample[: len(sample) // 2]), target.logits(sample[len(sample) // 2 :])])
+    scale = max(1.0, float(first.abs().max()))
+    diff = float((halves - first).abs().max()) if len(first) else 0.0
+    if diff > BATCH_TOLERANCE * scale:
+        return CheckResult(name, False, f"a sample's outputs change with the other samples in its batch (by up to {diff:.3g}): "
+                           "batch statistics at test time (e.g. BatchNorm without running statistics) let an attack move other samples")
+    return CheckResult(name, True, "eval mode; repeated forward passes identical; outputs independent of the batch")
 
 
 @pre_check
@@ -110,30 +148,52 @@ def input_gradients_informative(target: ClassifierTarget, x: torch.Tensor, y: to
 
 @post_check
 def returned_inputs_valid(ctx: RunContext) -> CheckResult:
+    """Reads what the base class counted: inputs still outside the threat model after its
+    projection (a projection bug), which it scored as the clean inputs instead."""
     bad = [(r.name, r.eps[i], v) for r in ctx.results for i, v in enumerate(r.invalid) if any(v.values())]
     if bad:
-        return CheckResult("returned_inputs_valid", False, f"{len(bad)} attack outputs outside the threat model or [0,1]: {bad[:2]}")
+        return CheckResult("returned_inputs_valid", False, f"{len(bad)} attack outputs outside the threat model or [0,1] after projection (scored as clean inputs): {bad[:2]}")
     count = sum(len(r.eps) for r in ctx.results)
     return CheckResult("returned_inputs_valid", True, f"all {count} attack outputs within eps + 1e-6, in [0,1] and finite")
 
 
-@post_check
-def accuracy_non_increasing_in_eps(ctx: RunContext) -> CheckResult:
-    problems = []
-    for r in ctx.results:
-        pairs = sorted(zip(r.eps, r.robust_accuracy))
-        problems += [f"{r.name} {r.threat_model}: {a1:.3f} at eps={e1:g} < {a2:.3f} at eps={e2:g}" for (e1, a1), (e2, a2) in zip(pairs, pairs[1:]) if a2 > a1 + 1e-12]
-    if problems:
-        return CheckResult("accuracy_non_increasing_in_eps", False, "robust accuracy rises with eps: " + "; ".join(problems[:2]))
-    return CheckResult("accuracy_non_increasing_in_eps", True, "robust accuracy never rises with eps")
-
-
-def _check_pgd(norm: str, seed: int, **options) -> object:
+def _check_pgd(norm: str, seed: int, **options) -> Attack:
     return ATTACKS.create("pgd", norm=norm, seed=seed, progress=False, **options)
 
 
-def _subset(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
-    return ctx.x[:CHECK_SUBSET], ctx.y[:CHECK_SUBSET]
+def _subset(ctx: RunContext, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(CHECK_SUBSET, ctx.covered(norm))
+    return ctx.x[:k], ctx.y[:k]
+
+
+def _norms(ctx: RunContext) -> list[str]:
+    return sorted({r.threat_model for r in ctx.results if r.adaptive})
+
+
+#: How far (accuracy) a from-scratch attack at a larger eps may leave more samples robust than at a smaller one.
+EPS_SLACK = 0.05
+
+
+@post_check
+def accuracy_non_increasing_in_eps(ctx: RunContext) -> CheckResult | None:
+    """Attacks carry broken samples from small to large eps, so their own curves are monotone by
+    construction. This check attacks each eps from scratch (margin PGD-10 on the check subset): a
+    larger eps that leaves clearly more samples robust means the attack fails where it has more room."""
+    details, problems = [], []
+    for norm in _norms(ctx):
+        values = sorted(ctx.eps.get(norm) or [])
+        if len(values) < 2:
+            continue
+        x, y = _subset(ctx, norm)
+        accs = [ctx.attack(_check_pgd(norm, ctx.seed, steps=10, loss="cw"), x, y, [e]).robust_accuracy[0] for e in values]
+        details.append(f"{norm}: " + ", ".join(f"eps={e:g} {100 * a:.1f}%" for e, a in zip(values, accs)))
+        problems += [f"{norm} {100 * a2:.1f}% at eps={e2:g} > {100 * a1:.1f}% at eps={e1:g}"
+                     for (e1, a1), (e2, a2) in zip(zip(values, accs), zip(values[1:], accs[1:])) if a2 > a1 + EPS_SLACK]
+    if not details:
+        return None
+    if problems:
+        return CheckResult("accuracy_non_increasing_in_eps", False, "attacked from scratch at each eps, robust accuracy rises with eps: " + "; ".join(problems[:2]) + " (gradients vanish away from the data?)")
+    return CheckResult("accuracy_non_increasing_in_eps", True, "from scratch per eps (margin PGD-10): " + "; ".join(details))
 
 
 LARGE_EPS = {"Linf": 1.0, "L2": None}  # None: the diameter of the [0,1] box
@@ -141,12 +201,12 @@ LARGE_EPS = {"Linf": 1.0, "L2": None}  # None: the diameter of the [0,1] box
 
 @post_check
 def large_eps_breaks_everything(ctx: RunContext) -> CheckResult | None:
-    norms = sorted({r.threat_model for r in ctx.results if r.adaptive}) or ["Linf"]
-    x, y = _subset(ctx)
+    norms = _norms(ctx) or ["Linf"]
     details = []
     for norm in norms:
+        x, y = _subset(ctx, norm)
         eps = LARGE_EPS[norm] or float(x[0].numel() ** 0.5)
-        acc = _check_pgd(norm, ctx.seed, steps=50, restarts=2)(ctx.target, x, y, [eps]).robust_accuracy[0]
+        acc = ctx.attack(_check_pgd(norm, ctx.seed, steps=50, restarts=2), x, y, [eps]).robust_accuracy[0]
         details.append((norm, eps, acc))
     bad = [d for d in details if d[2] > 0.05]
     text = ", ".join(f"{n} eps={e:g}: {100 * a:.1f}%" for n, e, a in details)
@@ -163,24 +223,25 @@ def _main_eps(ctx: RunContext, norm: str) -> float:
 #: Losses the step-count check tries: cross-entropy saturates on outputs that are log-probabilities
 #: (e.g. C-AVP's diagonal rule), the margin (CW) loss does not, so it decides the verdict.
 STEP_CHECK_LOSSES = ("ce", "cw")
-#: How far (accuracy) a run's worst case may stay above the check's own 50-step attack.
+#: How far (accuracy) the run's own attacks may stay above the check's 50-step attack before
+#: the evaluation counts as too weak (the reported number is lowered to the check's either way).
 WEAKER_THAN_CHECK_SLACK = 0.10
 
 
 def _step_sequence(ctx: RunContext, norm: str, eps: float, loss: str) -> tuple[float, float, float]:
     """Accuracy after a single step, 10 steps, and 50 steps x 2 restarts of PGD with ``loss``."""
-    x, y = _subset(ctx)
-    single = _check_pgd(norm, ctx.seed, steps=1, random_start=False, rel_step_size=1.0, loss=loss)(ctx.target, x, y, [eps]).robust_accuracy[0]
-    short = _check_pgd(norm, ctx.seed, steps=10, loss=loss)(ctx.target, x, y, [eps]).robust_accuracy[0]
-    long = _check_pgd(norm, ctx.seed, steps=50, restarts=2, loss=loss)(ctx.target, x, y, [eps]).robust_accuracy[0]
+    x, y = _subset(ctx, norm)
+    single = ctx.attack(_check_pgd(norm, ctx.seed, steps=1, random_start=False, rel_step_size=1.0, loss=loss), x, y, [eps]).robust_accuracy[0]
+    short = ctx.attack(_check_pgd(norm, ctx.seed, steps=10, loss=loss), x, y, [eps]).robust_accuracy[0]
+    long = ctx.attack(_check_pgd(norm, ctx.seed, steps=50, restarts=2, loss=loss), x, y, [eps]).robust_accuracy[0]
     return single, short, long
 
 
 @post_check
 def more_steps_never_raise_accuracy(ctx: RunContext) -> CheckResult | None:
-    """Single step >= 10 steps >= 50 steps x 2 under the margin loss, and the run's own worst
-    case not far above that 50-step attack (else the reported number overestimates robustness)."""
-    norms = sorted({r.threat_model for r in ctx.results if r.adaptive})
+    """Single step >= 10 steps >= 50 steps x 2 under the margin loss, and the run's own attacks
+    not far above that 50-step attack (their worst case is lowered to it either way)."""
+    norms = _norms(ctx)
     if not norms:
         return None
     details, failed = [], False
@@ -195,39 +256,93 @@ def more_steps_never_raise_accuracy(ctx: RunContext) -> CheckResult | None:
             details.append(f"{norm} eps={eps:g} {loss}: single-step {100 * single:.1f}%, 10 steps {100 * short:.1f}%, 50 steps x2 {100 * long:.1f}%{note}")
         worst = ctx.worst.get((norm, eps))
         if worst is not None:
-            reported = float(worst[:CHECK_SUBSET].float().mean())
+            k = min(CHECK_SUBSET, ctx.covered(norm))
+            reported = float(worst.correct[:k].float().mean())
             strongest = min(long for _, _, long in sequences.values())
             if reported > strongest + WEAKER_THAN_CHECK_SLACK:
                 failed = True
-                details.append(f"{norm} eps={eps:g}: the run's worst case leaves {100 * reported:.1f}% of the first {CHECK_SUBSET} samples robust, a 50-step PGD only {100 * strongest:.1f}%: add stronger attacks")
+                details.append(f"{norm} eps={eps:g}: the run's attacks leave {100 * reported:.1f}% of the first {k} samples robust, a 50-step PGD only {100 * strongest:.1f}%: add stronger attacks")
     text = "; ".join(details)
     if failed:
         return CheckResult("more_steps_never_raise_accuracy", False, f"more attack effort changes the verdict ({text}): a sign of gradient masking or too weak an evaluation")
     return CheckResult("more_steps_never_raise_accuracy", True, text)
 
 
-@post_check
-def transfer_not_stronger_than_white_box(ctx: RunContext) -> CheckResult | None:
-    transfers = [r for r in ctx.results if not r.adaptive or r.config.get("attack") == "transfer"]
-    white = [r for r in ctx.results if r.adaptive and r.config.get("attack") != "transfer"]
-    if not transfers or not white:
+def _not_stronger_than_white_box(ctx: RunContext, name: str, weaker: list[AttackResult], what: str) -> CheckResult | None:
+    """Per sample, on the samples both covered: ``weaker`` attacks must not break samples that
+    every white-box attack left standing (beyond one sample or SLACK)."""
+    white = [r for r in ctx.results if r.adaptive and r.kind == "white-box"]
+    if not weaker or not white:
         return None
     problems, compared = [], 0
-    for t in transfers:
+    for t in weaker:
         for i, eps in enumerate(t.eps):
-            rows = [w.correct[w.eps.index(eps)] for w in white if w.threat_model == t.threat_model and eps in w.eps and len(w.correct[0]) == len(t.correct[0])]
+            rows = [w.correct[w.eps.index(eps)] for w in white if w.threat_model == t.threat_model and eps in w.eps]
             if not rows:
                 continue
+            k = min(len(t.correct[i]), *(len(r) for r in rows))
+            white_correct = torch.stack([r[:k] for r in rows]).all(0)
+            beats = int((white_correct & ~t.correct[i][:k]).sum())
             compared += 1
-            white_correct = torch.stack(rows).all(0)
-            beats = int((white_correct & ~t.correct[i]).sum())
-            if beats > max(1, SLACK * len(white_correct)) or t.correct[i].float().mean() < white_correct.float().mean():
-                problems.append(f"{t.name} {t.threat_model} eps={eps:g}: {beats} samples fooled by transfer but not white-box ({100 * t.correct[i].float().mean():.1f}% vs white-box {100 * white_correct.float().mean():.1f}%)")
+            if beats > max(1, SLACK * k):
+                problems.append(f"{t.name} {t.threat_model} eps={eps:g}: {beats} of {k} samples fooled by it but by no white-box attack")
     if problems:
-        return CheckResult("transfer_not_stronger_than_white_box", False, "a transfer or non-adaptive attack beats the white-box attacks: " + "; ".join(problems[:2]))
+        return CheckResult(name, False, f"{what} beats the white-box attacks: " + "; ".join(problems[:2]) + " (gradients are masked or the white-box attacks are broken)")
     if not compared:
         return None
-    return CheckResult("transfer_not_stronger_than_white_box", True, f"white-box at least as strong per sample in {compared} comparisons")
+    return CheckResult(name, True, f"white-box at least as strong per sample in {compared} comparisons on the samples both covered")
+
+
+@post_check
+def transfer_not_stronger_than_white_box(ctx: RunContext) -> CheckResult | None:
+    weaker = [r for r in ctx.results if r.kind == "transfer" or (not r.adaptive and r.kind == "white-box")]
+    return _not_stronger_than_white_box(ctx, "transfer_not_stronger_than_white_box", weaker, "a transfer or non-adaptive attack")
+
+
+@post_check
+def query_not_stronger_than_white_box(ctx: RunContext) -> CheckResult | None:
+    """A gradient-free attack (Square) that beats gradient attacks per sample is the tell of
+    obfuscated gradients (Athalye et al. 2018; AutoAttack's own flag)."""
+    weaker = [r for r in ctx.results if r.kind == "query"]
+    return _not_stronger_than_white_box(ctx, "query_not_stronger_than_white_box", weaker, "a gradient-free (query) attack")
+
+
+#: The undefended base model fails the check when the attack leaves it more than this
+#: fraction of its clean accuracy at the largest eps: the attack would not break anything.
+BASE_FALL_FRACTION = 0.5
+
+
+@post_check
+def base_model_falls_to_the_attack(ctx: RunContext) -> CheckResult | None:
+    """Carlini et al. 2019: an attack that cannot break the undefended base model says nothing
+    about the defense. Runs the run's first white-box attack per threat model on the base model."""
+    if ctx.base is None or not ctx.white_box:
+        return None
+    details, failed = [], False
+    for norm in sorted({a.norm for a in ctx.white_box}):
+        attack = next(a for a in ctx.white_box if a.norm == norm)
+        eps = max(ctx.eps.get(norm) or [_main_eps(ctx, norm)])
+        x, y = _subset(ctx, norm)
+        clean = float((ctx.base.predict(x) == y).float().mean())
+        robust = attack(ctx.base, x, y, [eps]).robust_accuracy[0]
+        fails = robust > BASE_FALL_FRACTION * clean
+        failed |= fails
+        details.append(f"{attack.describe()} {norm} eps={eps:g} leaves the undefended base {100 * robust:.1f}% (clean {100 * clean:.1f}%)")
+    text = "; ".join(details)
+    if failed:
+        return CheckResult("base_model_falls_to_the_attack", False, f"the attack does not break the undefended base model ({text}): it is too weak or misconfigured, so the defense's number says nothing")
+    return CheckResult("base_model_falls_to_the_attack", True, text)
+
+
+@post_check
+def eot_for_stochastic_targets(ctx: RunContext) -> CheckResult | None:
+    """A randomised target attacked with one forward pass per gradient is under-attacked."""
+    if not ctx.target.is_stochastic:
+        return None
+    plain = sorted({r.name for r in ctx.results if r.adaptive and r.kind == "white-box" and int(r.config.get("eot", 1) or 1) <= 1})
+    if plain:
+        return CheckResult("eot_for_stochastic_targets", False, f"the target is declared stochastic but {', '.join(plain[:3])} ran without EOT: pass eot=K to pgd (or autoattack version=rand)")
+    return CheckResult("eot_for_stochastic_targets", True, "every white-box attack averages gradients over the target's randomness (EOT)")
 
 
 def run_pre_checks(target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor) -> list[CheckResult]:

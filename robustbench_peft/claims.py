@@ -316,6 +316,8 @@ class Verdict:
     measured: float | None = None
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Samples the measured per-sample worst case is over (robust_accuracy without ``attack``); None otherwise.
+    n: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -334,7 +336,22 @@ def judge(claim: Claim, doc: dict[str, Any]) -> Verdict:
         limit = f"{claim.direction} {bound:.4f}" if bound is not None else f"within {claim.tolerance:g} of {claim.claimed:g}"
         reasons.append(f"measured {measured:.4f} is not {limit}")
     reasons += [f"unreliable evaluation: {r}" for r in unreliable_reasons(doc)]
-    return Verdict(claim, "FAIL" if reasons else "PASS", measured, reasons)
+    return Verdict(claim, "FAIL" if reasons else "PASS", measured, reasons, n=worst_case_n(doc, claim))
+
+
+def worst_case_n(doc: dict[str, Any], claim: Claim) -> int | None:
+    """Samples the claim's measured worst case is over: the row's ``n`` (samples some attack
+    covered); for a schema-1.0 row, which has none, the run's n its accuracy was taken over.
+    None for any other metric."""
+    if claim.metric["name"] != "robust_accuracy" or claim.metric.get("attack") is not None:
+        return None
+    try:
+        run = _single_run(doc)
+        norm, eps = _threat(run, claim.metric)
+    except UserError:
+        return None
+    row = next(w for w in run["worst_case"] if w["threat_model"] == norm and w["eps"] == eps)
+    return int(row["n"]) if row.get("n") is not None else int(run["n"])
 
 
 #: Runs a suite and returns its report document (replaceable in tests).
@@ -386,11 +403,16 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _measured(v: Verdict) -> str:
+    """The measured value with the samples it is over, when known."""
+    return _fmt(v.measured) + ("" if v.n is None else f" (n={v.n})")
+
+
 def table(verdicts: list[Verdict]) -> str:
-    """The plain-text table: claim, metric, claimed, measured, tolerance, verdict, reason."""
-    header = ["claim", "metric", "claimed", "measured", "tolerance", "verdict", "reason"]
+    """The plain-text table: claim, metric, claimed, measured, n (samples of a measured worst case), tolerance, verdict, reason."""
+    header = ["claim", "metric", "claimed", "measured", "n", "tolerance", "verdict", "reason"]
     rows = [
-        [v.claim.id, v.claim.metric_label(), f"{v.claim.direction} {v.claim.claimed:.4f}", _fmt(v.measured), f"{v.claim.tolerance:.4f}", v.status, "; ".join(v.reasons)]
+        [v.claim.id, v.claim.metric_label(), f"{v.claim.direction} {v.claim.claimed:.4f}", _fmt(v.measured), "-" if v.n is None else str(v.n), f"{v.claim.tolerance:.4f}", v.status, "; ".join(v.reasons)]
         for v in verdicts
     ]
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header) - 1)]
@@ -410,7 +432,7 @@ def junit_xml(verdicts: list[Verdict]) -> str:
     suite = ET.Element("testsuite", name="robustbench_peft.verify", tests=str(len(verdicts)), failures=str(failures), errors=str(errors), time=f"{sum(v.seconds for v in verdicts):.3f}")
     for v in verdicts:
         case = ET.SubElement(suite, "testcase", classname=Path(v.claim.source).stem or "claims", name=v.claim.id, time=f"{v.seconds:.3f}")
-        summary = f"{v.claim.metric_label()}: claimed {v.claim.direction} {v.claim.claimed:.4f} (tolerance {v.claim.tolerance:.4f}), measured {_fmt(v.measured)}"
+        summary = f"{v.claim.metric_label()}: claimed {v.claim.direction} {v.claim.claimed:.4f} (tolerance {v.claim.tolerance:.4f}), measured {_measured(v)}"
         if v.status != "PASS":
             node = ET.SubElement(case, "failure" if v.status == "FAIL" else "error", message="; ".join(v.reasons), type=v.status)
             node.text = summary + "\n" + "\n".join(v.reasons)

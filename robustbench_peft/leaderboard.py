@@ -7,6 +7,10 @@ task and threat-model filters, embedded plot, no external resources),
 parameters. Following RobustBench, an entry's rank uses the lowest robust
 accuracy anyone knows for it: the measured per-sample worst case, the paper's
 reported number and an external (adaptive) evaluation, whichever is lowest.
+The measured worst case is over the first ``n`` samples float32 AutoAttack covered
+(every attack that ran on them counts); an entry without AutoAttack at its threat
+model and eps is measured over the samples any attack covered and marked so. A
+sample no attack ran on never counts (:mod:`robustbench_peft.coverage`).
 Unreliable entries (a failed sanity check, or a card that says so) stay on the
 board, marked, so readers see them for what they are.
 """
@@ -24,6 +28,7 @@ from typing import Any, Iterable
 
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .cli import subcommand
+from .coverage import attack_kind, ranked_worst_case
 from .errors import UserError
 from .paths import json_files
 
@@ -33,7 +38,12 @@ SUBMISSION_KEY = "submission_version"
 
 @dataclass
 class Entry:
-    """One (task, model, defense, threat model, eps) row of the board."""
+    """One (task, model, defense, threat model, eps) row of the board.
+
+    ``measured`` is the per-sample worst case over the first ``n`` samples: those float32
+    AutoAttack covered (``over_autoattack``), or, without it, those any attack covered.
+    ``worst_case`` / ``worst_case_n`` keep the report's worst case over every covered sample.
+    """
 
     task: str
     threat_model: str
@@ -55,6 +65,10 @@ class Entry:
     source: str = ""
     weights: str = ""
     rank: int = 0
+    n: int = 0
+    over_autoattack: bool = False
+    worst_case: float | None = None
+    worst_case_n: int = 0
 
     @property
     def lowest(self) -> float:
@@ -67,14 +81,6 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "lowest": self.lowest}
-
-
-def attack_kind(record: dict[str, Any]) -> str:
-    """The registered attack behind a report's attack record (``autoattack-apgd-ce`` -> ``autoattack``)."""
-    config = record.get("config") or {}
-    if config.get("attack"):
-        return str(config["attack"])
-    return str(record.get("name", "")).split("-")[0]
 
 
 def _card_applies(card: dict[str, Any], norm: str, eps: float) -> bool:
@@ -95,6 +101,7 @@ def entries_from_report(doc: dict[str, Any], source: str, card: dict[str, Any] |
             norm, eps = worst["threat_model"], worst["eps"]
             aa = [a["robust_accuracy"] for a in run["attacks"] if attack_kind(a) == "autoattack" and a["threat_model"] == norm and a["eps"] == eps]
             applies = _card_applies(card, norm, eps)
+            ranked = ranked_worst_case(run, worst)
             reasons = list(run.get("unreliable_reasons", []))
             if card.get("unreliable"):
                 reasons.append("card: " + (card.get("footnote") or "marked unreliable"))
@@ -106,7 +113,7 @@ def entries_from_report(doc: dict[str, Any], source: str, card: dict[str, Any] |
                     model=run["model"]["spec"],
                     defense=defense["label"] if defense else "none",
                     clean_accuracy=float(run["clean_accuracy"]),
-                    measured=float(worst["robust_accuracy"]),
+                    measured=float(ranked.robust_accuracy),
                     autoattack=min(aa) if aa else None,
                     reported=card.get("reported") if applies else None,
                     external=card.get("external") if applies else None,
@@ -119,6 +126,10 @@ def entries_from_report(doc: dict[str, Any], source: str, card: dict[str, Any] |
                     footnote=str(card.get("footnote", "")),
                     source=source,
                     weights=run["model"]["sha256"] + "+" + str((defense or {}).get("sha256", "")),
+                    n=ranked.n,
+                    over_autoattack=ranked.over_autoattack,
+                    worst_case=float(ranked.covered_accuracy),
+                    worst_case_n=ranked.covered_n,
                 )
             )
     return entries
@@ -175,13 +186,17 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-HEADER = ["rank", "task", "threat", "eps", "name", "model", "defense", "clean %", "measured %", "AutoAttack %", "reported %", "external %", "lowest known %", "trainable params", "stored bytes", "reliable", "venue", "footnote"]
+#: What ``measured %`` is over, per entry.
+OVER_AUTOATTACK, OVER_COVERED = "AutoAttack", "no AutoAttack"
+
+HEADER = ["rank", "task", "threat", "eps", "name", "model", "defense", "clean %", "measured %", "n", "measured over", "AutoAttack %", "reported %", "external %", "lowest known %", "trainable params", "stored bytes", "reliable", "venue", "footnote"]
 
 
 def row(e: Entry) -> list[str]:
     reliable = "yes" if e.reliable else "UNRELIABLE"
     return [
-        str(e.rank), e.task, e.threat_model, f"{e.eps:g}", e.name, e.model, e.defense, _pct(e.clean_accuracy), _pct(e.measured), _pct(e.autoattack),
+        str(e.rank), e.task, e.threat_model, f"{e.eps:g}", e.name, e.model, e.defense, _pct(e.clean_accuracy), _pct(e.measured), str(e.n),
+        OVER_AUTOATTACK if e.over_autoattack else OVER_COVERED, _pct(e.autoattack),
         _pct(e.reported), _pct(e.external), _pct(e.lowest), str(e.trainable_parameters), "-" if e.stored_bytes is None else str(e.stored_bytes),
         reliable, e.venue, e.footnote,
     ]
@@ -192,6 +207,8 @@ def markdown(entries: list[Entry]) -> str:
         "# robustbench_peft leaderboard",
         "",
         "Ranked by the lowest known robust accuracy (measured per-sample worst case, reported, external), per task, threat model and eps. "
+        f"measured % is the worst case over every attack on the first n samples float32 AutoAttack covered; \"{OVER_COVERED}\" entries "
+        "had no float32 AutoAttack there and are measured over the n samples any attack covered. "
         "UNRELIABLE entries failed a sanity check or are marked so by their card.",
         "",
     ]
@@ -293,6 +310,8 @@ def html_page(entries: list[Entry], png: bytes) -> str:
             f"<title>robustbench_peft leaderboard</title><style>{STYLE}{EXTRA_STYLE}</style></head><body>",
             "<h1>robustbench_peft leaderboard</h1>",
             "<p>Ranked by the lowest known robust accuracy (measured per-sample worst case, reported, external) within each task, threat model and eps. "
+            f"measured % is the worst case over every attack on the first n samples float32 AutoAttack covered; &quot;{OVER_COVERED}&quot; rows "
+            "had no float32 AutoAttack there and are measured over the n samples any attack covered. "
             "Rows marked UNRELIABLE failed a sanity check or are marked so by their card (hover for the reasons). Click a column header to sort.</p>",
             "<p>" + _select("filter-task", "task", tasks) + _select("filter-threat", "threat model", threats) + f"<span><span id='shown'>{len(entries)}</span> of {len(entries)} entries</span></p>",
             f"<table id='leaderboard' class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",

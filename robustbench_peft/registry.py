@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
@@ -51,6 +52,20 @@ def _first_line(doc: str | None) -> str:
     return ""
 
 
+def _label(obj: Any) -> str:
+    """``module.qualname`` of a plug-in (its repr when it has none), for collision messages."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(obj)
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """The same object, or the same definition imported again (a reload makes a new object)."""
+    if old is new:
+        return True
+    module, qualname = getattr(old, "__module__", None), getattr(old, "__qualname__", None)
+    return bool(module and qualname) and (module, qualname) == (getattr(new, "__module__", None), getattr(new, "__qualname__", None))
+
+
 class Registry:
     """A validated name -> factory mapping for one kind of plug-in."""
 
@@ -60,15 +75,23 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, description: str | None = None) -> Callable:
-        """Decorator: register ``obj`` under ``name`` (the docstring's first line describes it)."""
+        """Decorator: register ``obj`` under ``name`` (the docstring's first line describes it).
+
+        A name already taken raises ValueError naming both plug-ins, unless the new
+        object is the registered one or the same definition imported again (same
+        ``__module__`` and ``__qualname__``, as after ``importlib.reload``), which
+        replaces it. Two plug-ins that merely share a class name still collide.
+        """
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"invalid {self.kind} name {name!r}: use letters, digits, '-' or '_'")
 
         def decorate(obj: Callable) -> Callable:
             existing = self._entries.get(name)
-            if existing is not None and existing.factory is not obj:
-                if getattr(existing.factory, "__qualname__", None) != getattr(obj, "__qualname__", None):
-                    raise ValueError(f"{self.kind} {name!r} is already registered by {existing.factory!r}")
+            if existing is not None and not _same_definition(existing.factory, obj):
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {_label(existing.factory)}; "
+                    f"cannot register {_label(obj)} under the same name"
+                )
             self._entries[name] = Entry(self.kind, name, obj, description or _first_line(obj.__doc__))
             return obj
 
@@ -115,25 +138,33 @@ register_suite = SUITES.register
 ALL_REGISTRIES = (TASKS, MODELS, ATTACKS, DEFENSES, UNLEARNERS, SUITES)
 
 _loaded = False
+_loading = False
 
 
 def load_plugins() -> None:
-    """Import the built-in plug-in modules and every ``robustbench_peft.plugins`` entry point."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    importlib.import_module("robustbench_peft.suites")
-    for module in BUILTIN_PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken third-party plug-in must not break the suite
-            import warnings
+    """Import the built-in plug-in modules and every ``robustbench_peft.plugins`` entry point.
 
-            warnings.warn(f"plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+    A built-in module that fails to import is a broken installation: RuntimeError
+    naming it (the cause chained), and the next call tries again rather than
+    serving a half-filled registry. A broken third-party entry point only warns,
+    so it cannot break the suite. ``_loading`` stops a plug-in that looks a name
+    up while being imported from re-entering the loop.
+    """
+    global _loaded, _loading
+    if _loaded or _loading:
+        return
+    _loading = True
+    try:
+        for module in ("robustbench_peft.suites", *BUILTIN_PLUGIN_MODULES):
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                raise RuntimeError(f"built-in plug-in module {module!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken third-party plug-in must not break the suite
+                warnings.warn(f"plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+        _loaded = True
+    finally:
+        _loading = False

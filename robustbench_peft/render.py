@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import write_bytes_atomic, write_text_atomic
+from .coverage import worst_case_coverage
 from .report import Report
 
 PLOT_NAME = "robust_accuracy_vs_eps.png"
@@ -29,16 +30,16 @@ def _pct(value: float | None) -> str:
 
 def main_table(report: Report) -> tuple[list[str], list[list[Any]]]:
     """Rows: run x (clean, each attack/eps, worst case)."""
-    header = ["task", "model", "defense", "n", "clean %", "attack", "threat", "eps", "robust %", "seconds", "reliable"]
+    header = ["task", "model", "defense", "n", "clean %", "attack", "threat", "eps", "robust %", "over n", "seconds", "reliable"]
     rows = []
     for run in report.runs:
         defense = run["defense"]["label"] if run.get("defense") else "none"
         lead = [run["task"], run["model"]["spec"], defense, run["n"], _pct(run["clean_accuracy"])]
         for a in run["attacks"]:
             label = a["name"] + ("" if a["adaptive"] else " (non-adaptive)")
-            rows.append(lead + [label, a["threat_model"], f"{a['eps']:g}", _pct(a["robust_accuracy"]), f"{a['seconds']:.1f}", "yes" if run["reliable"] else "NO"])
+            rows.append(lead + [label, a["threat_model"], f"{a['eps']:g}", _pct(a["robust_accuracy"]), a["n"], f"{a['seconds']:.1f}", "yes" if run["reliable"] else "NO"])
         for w in run["worst_case"]:
-            rows.append(lead + ["worst case", w["threat_model"], f"{w['eps']:g}", _pct(w["robust_accuracy"]), "", "yes" if run["reliable"] else "NO"])
+            rows.append(lead + ["worst case", w["threat_model"], f"{w['eps']:g}", _pct(w["robust_accuracy"]), worst_case_coverage(run, w)[0], "", "yes" if run["reliable"] else "NO"])
     return header, rows
 
 
@@ -58,7 +59,7 @@ def defense_table(report: Report) -> tuple[list[str], list[list[Any]]]:
     for run in report.runs:
         d = run.get("defense") or {"label": "none", "trainable_parameters": 0, "stored_bytes": 0, "fit_seconds": 0.0, "forward_passes": 1}
         worst = main_worst_case(run)
-        worst_text = f"{_pct(worst['robust_accuracy'])} ({worst['threat_model']}, {worst['eps']:g})" if worst else ""
+        worst_text = f"{_pct(worst['robust_accuracy'])} ({worst['threat_model']}, {worst['eps']:g}, n={worst_case_coverage(run, worst)[0]})" if worst else ""
         rows.append([run["model"]["spec"], d["label"], d["trainable_parameters"], d["stored_bytes"], f"{d['fit_seconds']:.1f}", d["forward_passes"], _pct(run["clean_accuracy"]), worst_text])
     if not any(run.get("defense") for run in report.runs):
         return header, []

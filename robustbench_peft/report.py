@@ -14,7 +14,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+from .coverage import worst_case_coverage
+
+SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "report.schema.json"
 LIBRARIES = ("robustbench_peft", "torch", "torchvision", "numpy", "scikit-learn", "pyautoattack", "timm", "transformers", "diffusers", "peft", "open_clip_torch")
 
@@ -107,9 +109,9 @@ class Report:
                 "reliable": run["reliable"],
             }
             for attack in run["attacks"]:
-                rows.append({**base, "attack": attack["name"], "adaptive": attack["adaptive"], "threat_model": attack["threat_model"], "eps": attack["eps"], "robust_accuracy": attack["robust_accuracy"], "seconds": attack["seconds"]})
+                rows.append({**base, "attack": attack["name"], "adaptive": attack["adaptive"], "threat_model": attack["threat_model"], "eps": attack["eps"], "robust_accuracy": attack["robust_accuracy"], "n_attacked": attack["n"], "seconds": attack["seconds"]})
             for worst in run["worst_case"]:
-                rows.append({**base, "attack": "worst-case", "adaptive": True, "threat_model": worst["threat_model"], "eps": worst["eps"], "robust_accuracy": worst["robust_accuracy"], "seconds": None})
+                rows.append({**base, "attack": "worst-case", "adaptive": True, "threat_model": worst["threat_model"], "eps": worst["eps"], "robust_accuracy": worst["robust_accuracy"], "n_attacked": worst_case_coverage(run, worst)[0], "seconds": None})
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
@@ -120,11 +122,14 @@ class Report:
             lines.append(f"{run['task']} | {run['model']['spec']} | defense: {defense} | n={run['n']} | clean {100 * run['clean_accuracy']:.1f}%")
             for worst in run["worst_case"]:
                 per_attack = ", ".join(
-                    f"{a['name']}{'' if a['adaptive'] else ' (non-adaptive)'} {100 * a['robust_accuracy']:.1f}%"
+                    f"{a['name']}{'' if a['adaptive'] else ' (non-adaptive)'} {100 * a['robust_accuracy']:.1f}% (n={a['n']})"
                     for a in run["attacks"]
                     if a["threat_model"] == worst["threat_model"] and a["eps"] == worst["eps"]
                 )
-                lines.append(f"  {worst['threat_model']:>4} eps={worst['eps']:<6g} worst {100 * worst['robust_accuracy']:5.1f}%   [{per_attack}]")
+                n, accuracy = worst_case_coverage(run, worst)
+                lines.append(f"  {worst['threat_model']:>4} eps={worst['eps']:<6g} worst {100 * accuracy:5.1f}% of n={n}   [{per_attack}]")
+            for low in run.get("lowered_by_checks") or []:
+                lines.append(f"  the checks' own attacks lowered {low['threat_model']} eps={low['eps']:g} from {100 * low['from']:.1f}% to {100 * low['to']:.1f}%")
             if run["reliable"]:
                 lines.append("  checks: all passed")
             else:

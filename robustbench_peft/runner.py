@@ -26,6 +26,8 @@ from .report import Report, bits, environment
 from .suite import MODES, RUNNER_OPTIONS, Suite
 from .targets import ClassifierTarget
 from .task import ClassificationTask
+from .worst_case import copy as copy_worst
+from .worst_case import fold_into, worst_case
 
 
 @dataclass
@@ -114,23 +116,28 @@ def attack_record(result: AttackResult, eps_index: int, n: int) -> dict[str, Any
         "seconds": round(result.seconds, 4),
         "config": result.config,
         "adaptive": result.adaptive,
+        "kind": result.kind,
         "n": n,
         "correct": bits(result.correct[eps_index].tolist()),
         "details": result.details,
     }
 
 
-def worst_case(results: list[AttackResult], clean_correct: torch.Tensor) -> dict[tuple[str, float], tuple[torch.Tensor, list[str]]]:
-    """Per (threat model, eps): a sample counts as robust only if every attack that ran on it failed."""
-    worst: dict[tuple[str, float], tuple[torch.Tensor, list[str]]] = {}
-    for r in results:
-        for i, eps in enumerate(r.eps):
-            key = (r.threat_model, eps)
-            correct, names = worst.get(key, (clean_correct.clone(), []))
-            covered = len(r.correct[i])
-            correct[:covered] &= r.correct[i]
-            worst[key] = (correct, names + [r.name + ("" if r.adaptive else " (non-adaptive)")])
-    return worst
+def with_gradient_variant(result: AttackResult, variant: str, other: AttackResult) -> AttackResult:
+    """One result from the same attack crafted through two gradients of one pipeline: per
+    sample, broken if either run broke it; both accuracies are kept in the details."""
+    from dataclasses import replace
+
+    variants = dict(result.details.get("gradient_variants") or {"default": result.robust_accuracy})
+    variants[variant] = other.robust_accuracy
+    return replace(
+        result,
+        correct=result.correct & other.correct,
+        x_adv=[],
+        seconds=result.seconds + other.seconds,
+        details={**result.details, "gradient_variants": variants},
+        invalid=[{k: a[k] + b.get(k, 0) for k in a} for a, b in zip(result.invalid, other.invalid)],
+    )
 
 
 class Runner:
@@ -205,7 +212,7 @@ class Runner:
             sections=sections,
         )
 
-    def run_attack(self, key: str, prepared: PreparedAttack, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: list[float], craft: ClassifierTarget | None) -> AttackResult:
+    def run_attack(self, key: str, prepared: PreparedAttack, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: list[float], craft: ClassifierTarget | None, same_function: bool = False) -> AttackResult:
         """Run one attack over fixed chunks, each seeded by its index and checkpointed.
 
         Under torch.distributed each rank computes its own chunks (see
@@ -230,7 +237,7 @@ class Runner:
             result = self.store.load_chunk(f"{key}-c{c}")
             if result is None:
                 attack.seed = chunk_seed(self.suite.seed if "seed" not in prepared.spec.options else int(prepared.spec.options["seed"]), c)
-                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft)
+                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft, same_function=same_function)
                 self.store.save_chunk(f"{key}-c{c}", result)
             chunks[c] = result
         return merge_results(distributed.gather_chunks(chunks, len(starts), strip=lambda r: replace(r, x_adv=[])), seed=self.suite.seed)
@@ -254,13 +261,31 @@ class Runner:
             n_attack = min(len(y), prepared.n or len(y))
             self.log(f"{label}: {prepared.spec.label()} on {n_attack} samples")
             craft = fitted.base if (prepared.mode == "nonadaptive" and fitted is not None) else None
-            result = self.run_attack(f"{key}-a{a}", prepared, target, x[:n_attack], y[:n_attack], prepared.eps or eps[prepared.attack.norm], craft)
+            attack_eps = prepared.eps or eps[prepared.attack.norm]
+            result = self.run_attack(f"{key}-a{a}", prepared, target, x[:n_attack], y[:n_attack], attack_eps, craft)
+            if craft is None and prepared.attack.kind == "white-box":
+                for v, (variant_name, variant) in enumerate(target.gradient_variants(prepared.attack.norm).items()):
+                    self.log(f"{label}: {prepared.spec.label()} again through the {variant_name} gradient")
+                    other = self.run_attack(f"{key}-a{a}-v{v}", prepared, target, x[:n_attack], y[:n_attack], attack_eps, variant, same_function=True)
+                    result = with_gradient_variant(result, variant_name, other)
             results.append(result)
             records += [attack_record(result, i, n_attack) for i in range(len(result.eps))]
-        worst = worst_case(results, clean_correct)
+        worst = worst_case(results, len(y))
+        check_records, lowered = [], []
         if self.suite.checks:
-            ctx = checks_module.RunContext(target, x, y, clean_correct, results, eps, self.suite.seed, {k: v[0] for k, v in worst.items()})
+            white_box = [p.attack for p in attacks if p.mode == "adaptive" and p.attack.kind == "white-box"]
+            ctx = checks_module.RunContext(target, x, y, clean_correct, results, eps, self.suite.seed, copy_worst(worst), base=fitted.base if fitted is not None else None, white_box=white_box)
             checks += checks_module.run_post_checks(ctx)
+            before = copy_worst(worst)
+            fold_into(worst, ctx.extra, len(y), only=list(worst), source="check ")
+            check_records = [attack_record(r, i, len(r.correct[i])) for r in ctx.extra for i in range(len(r.eps))]
+            lowered = [
+                {"threat_model": k[0], "eps": k[1], "from": before[k].robust_accuracy, "to": w.robust_accuracy, "n": w.n}
+                for k, w in sorted(worst.items()) if w.robust_accuracy < before[k].robust_accuracy - 1e-12
+            ]
+            for low in lowered:
+                self.log(f"{label}: the checks' own attacks lowered the worst case at {low['threat_model']} eps={low['eps']:g} "
+                         f"from {100 * low['from']:.1f}% to {100 * low['to']:.1f}% (n={low['n']})")
         failed = [c for c in checks if not c.passed]
         return {
             "task": task.name,
@@ -270,10 +295,9 @@ class Runner:
             "clean_accuracy": float(clean_correct.float().mean()),
             "clean_correct": bits(clean_correct.tolist()),
             "attacks": records,
-            "worst_case": [
-                {"threat_model": norm, "eps": e, "robust_accuracy": float(c.float().mean()), "attacks": names, "correct": bits(c.tolist())}
-                for (norm, e), (c, names) in sorted(worst.items())
-            ],
+            "check_attacks": check_records,
+            "worst_case": [w.to_json() for _, w in sorted(worst.items())],
+            "lowered_by_checks": lowered,
             "checks": [c.to_json() for c in checks],
             "reliable": not failed,
             "unreliable_reasons": [f"{c.name}: {c.detail}" for c in failed],

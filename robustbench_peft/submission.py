@@ -10,6 +10,12 @@ run; every run passed its sanity checks; every run evaluated at least
 ``--min-n`` examples, AutoAttack included; every run includes AutoAttack and an adaptive attack
 (one that sees the whole defended pipeline); the weights of every model and
 fitted defense are identified by a SHA-256.
+
+Each entry is ranked, as on the leaderboard, by the per-sample worst case over the
+first ``n`` samples float32 AutoAttack covered at its threat model and eps (over the
+samples any attack covered where AutoAttack did not run there); ``submit`` prints
+that number with its ``n`` and records both in the entries (``measured``, ``n``,
+``over_autoattack``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 from .atomic import write_json_atomic
 from .cli import subcommand
 from .errors import UserError
-from .leaderboard import attack_kind
+from .coverage import attack_kind, is_float32
 
 SUBMISSION_VERSION = "1.0"
 DEFAULT_MIN_N = 100
@@ -54,7 +60,7 @@ def run_reasons(i: int, run: dict[str, Any], min_n: int) -> list[str]:
         reasons.append(f"{name}: n={n} is below the minimum of {min_n} examples")
     attacks = run.get("attacks") or []
     any_autoattack = [a for a in attacks if attack_kind(a) == "autoattack"]
-    autoattack = [a for a in any_autoattack if not (a.get("config") or {}).get("amp")]  # float32 only
+    autoattack = [a for a in any_autoattack if is_float32(a)]
     if any_autoattack and not autoattack:
         reasons.append(f"{name}: AutoAttack ran only under mixed precision (amp=); a submission needs it in float32")
     elif not autoattack:
@@ -153,4 +159,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     submission = build_submission(doc, raw, str(path), card)
     out = write_json_atomic(Path(args.out) / f"submission-{submission['report_sha256'][:12]}.json", submission)
     print(f"ACCEPTED: {len(submission['entries'])} leaderboard entries -> {out}")
+    for entry in submission["entries"]:
+        print("  " + entry_line(entry))
     return 0
+
+
+def entry_line(entry: dict[str, Any]) -> str:
+    """One accepted entry: the number it is ranked by and the samples that number is over."""
+    over = "samples float32 AutoAttack covered" if entry["over_autoattack"] else "samples any attack covered (no float32 AutoAttack here)"
+    return (
+        f"{entry['task']} {entry['threat_model']} eps={entry['eps']:g} {entry['model']} / {entry['defense']}: "
+        f"worst case {100 * entry['measured']:.1f}% over n={entry['n']} {over}"
+    )

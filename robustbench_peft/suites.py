@@ -13,6 +13,13 @@ PROMPT_DEFENSES = ("none", "vp", "uavp", "cavp")
 ADVFT_SCOPES = ("full", "linear", "lora")
 
 
+#: A gradient-free attack in every default evaluation: AutoAttack's Square (1,000 queries, a
+#: fifth of AutoAttack's budget, to keep the default suite fast) on 32 samples at Linf 0.1. A model
+#: whose gradients are useless (shattered, obfuscated) stops PGD and APGD alike but not Square;
+#: the check query_not_stronger_than_white_box compares them per sample.
+SQUARE_PROBE = PluginSpec("autoattack", {"version": "custom", "attacks": "square", "n_queries": 1000, "n": 32, "eps": 0.1})
+
+
 def _specs(*names: str, **options: object) -> tuple[PluginSpec, ...]:
     return tuple(PluginSpec(name, dict(options) if name != "none" else {}) for name in names)
 
@@ -44,6 +51,7 @@ def digits_suite() -> Suite:
         attacks=(
             *_robustness_attacks(steps=10, autoattack={"n_target_classes": 3, "n": 32, "eps": 0.1}, transfer_n=100),
             PluginSpec("pgd", {"norm": "L2", "steps": 10}),
+            SQUARE_PROBE,
         ),
         defenses=(
             *_specs(*PROMPT_DEFENSES, epochs=3),
@@ -103,7 +111,8 @@ def advft_suite() -> Suite:
 
 @register_suite("full")
 def full_suite() -> Suite:
-    """Leaderboard budgets on digits: PGD-100 x5 restarts on the whole test split."""
+    """Leaderboard budgets on digits: PGD-100 x5 restarts and standard AutoAttack (Linf and L2) on the
+    whole test split, at the task's default eps (Linf 0.05 / 0.1 / 0.2, L2 0.5 / 1 / 2)."""
     return Suite(
         name="full",
         task="digits",
@@ -112,6 +121,10 @@ def full_suite() -> Suite:
             PluginSpec("pgd", {"norm": "Linf", "steps": 100, "restarts": 5}),
             PluginSpec("pgd", {"norm": "Linf", "steps": 100, "restarts": 5, "loss": "dlr"}),
             PluginSpec("pgd", {"norm": "L2", "steps": 100, "restarts": 5}),
+            # Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; 9 target classes = all of digits' other classes)
+            # on every test sample and every eps: the leaderboard ranks by the samples AutoAttack covered.
+            PluginSpec("autoattack", {"version": "standard"}),
+            PluginSpec("autoattack", {"version": "standard", "norm": "L2"}),
         ),
-        description="leaderboard budgets",
+        description="leaderboard budgets: PGD-100 x5 restarts (CE, DLR; L2) and standard AutoAttack (Linf, L2) on the whole test split",
     )

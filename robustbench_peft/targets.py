@@ -112,6 +112,11 @@ class ClassifierTarget(nn.Module):
                 f"{self.name}: model returns probabilities (rows sum to 1); return logits instead, e.g. drop the final softmax"
             )
 
+    def gradient_variants(self, norm: str) -> dict[str, "ClassifierTarget"]:
+        """Other targets with the same outputs but another input gradient, each worth attacking
+        under ``norm`` (white-box attacks run on each and keep the per-sample worst). None here."""
+        return {}
+
     def weights_sha256(self) -> str:
         return state_dict_sha256(self.state_dict())
 

@@ -152,6 +152,5 @@ def test_cli_eval_with_autoattack_and_transfer(tmp_path):
     bits = {name: [c == "1" for c in r["correct"]] for name, r in records.items()}
     common = min(len(b) for b in bits.values())
     assert sum(bits["transfer"][:common]) >= sum(bits["autoattack"][:common])  # never below white-box on shared samples
-    for check in run["checks"]:
-        if check["name"] == "transfer_not_stronger_than_white_box":
-            assert check["passed"], check["detail"]
+    (check,) = [c for c in run["checks"] if c["name"] == "transfer_not_stronger_than_white_box"]
+    assert check["passed"], check["detail"]  # compared per sample although transfer ran on 64, white-box on more
