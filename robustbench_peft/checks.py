@@ -307,9 +307,10 @@ def query_not_stronger_than_white_box(ctx: RunContext) -> CheckResult | None:
     return _not_stronger_than_white_box(ctx, "query_not_stronger_than_white_box", weaker, "a gradient-free (query) attack")
 
 
-#: The undefended base model fails the check when the attack leaves it more than this
-#: fraction of its clean accuracy at the largest eps: the attack would not break anything.
-BASE_FALL_FRACTION = 0.5
+#: The check fails when the attack breaks less than this fraction of the samples the undefended
+#: base model classifies correctly, at the run's largest eps: it would not break anything. (A
+#: relative bar: at a small eps even an undefended model keeps part of its accuracy.)
+BASE_MIN_BROKEN = 0.1
 
 
 @post_check
@@ -325,7 +326,7 @@ def base_model_falls_to_the_attack(ctx: RunContext) -> CheckResult | None:
         x, y = _subset(ctx, norm)
         clean = float((ctx.base.predict(x) == y).float().mean())
         robust = attack(ctx.base, x, y, [eps]).robust_accuracy[0]
-        fails = robust > BASE_FALL_FRACTION * clean
+        fails = robust > (1 - BASE_MIN_BROKEN) * clean
         failed |= fails
         details.append(f"{attack.describe()} {norm} eps={eps:g} leaves the undefended base {100 * robust:.1f}% (clean {100 * clean:.1f}%)")
     text = "; ".join(details)

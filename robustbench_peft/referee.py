@@ -55,16 +55,16 @@ class Referee:
         if not bool(flagged.any()):
             return flagged
         if self.trusts(model, logits) and self.kappa == 0.0:
-            confirmed = flagged
+            self.confirmed += int(flagged.sum())  # the attack's logits are the verdict: nothing to refuse
+            return flagged
+        margin = torch.full(flagged.shape, float("-inf"), device=flagged.device)
+        if self.trusts(model, logits):
+            margin[flagged] = misclassification_margin(logits[flagged].detach(), y[flagged])
         else:
-            margin = torch.full(flagged.shape, float("-inf"), device=flagged.device)
-            if self.trusts(model, logits):
-                margin[flagged] = misclassification_margin(logits[flagged].detach(), y[flagged])
-            else:
-                with torch.no_grad(), torch.autocast(self.target.device.type, enabled=False):
-                    verdict = self.target(x_adv[flagged].detach().float().to(self.target.device)).float()
-                margin[flagged] = misclassification_margin(verdict, y[flagged].to(verdict.device)).to(margin.device)
-            confirmed = flagged & (margin > self.kappa)
+            with torch.no_grad(), torch.autocast(self.target.device.type, enabled=False):
+                verdict = self.target(x_adv[flagged].detach().float().to(self.target.device)).float()
+            margin[flagged] = misclassification_margin(verdict, y[flagged].to(verdict.device)).to(margin.device)
+        confirmed = flagged & (margin > self.kappa)
         self.confirmed += int(confirmed.sum())
         self.disagreements += int((flagged & ~confirmed).sum())
         return confirmed

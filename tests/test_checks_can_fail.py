@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checks import QuantisedInput  # zero input gradients everywhere
 from torch import nn
 
 from robustbench_peft import checks as checks_module
@@ -215,17 +216,6 @@ def test_more_steps_catches_a_too_weak_evaluation_and_lowers_the_worst_case():
 
 
 # -- transfer_not_stronger_than_white_box ---------------------------------------------------------
-
-
-class QuantisedInput(nn.Module):
-    """Rounds pixels to 4 levels before the real network: zero input gradients everywhere."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.round(x * 3) / 3)
 
 
 TRANSFER_ATTACKS = (PluginSpec("pgd", {"steps": "10", "n": str(N)}), PluginSpec("transfer", {"n": "64"}))

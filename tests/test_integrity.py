@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 import torch
 from torch import nn
 
@@ -16,6 +17,9 @@ from robustbench_peft.registry import SUITES
 from robustbench_peft.runner import Runner
 from robustbench_peft.suite import Suite
 from robustbench_peft.targets import ClassifierTarget
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flags(bits: str) -> torch.Tensor:
@@ -154,7 +158,7 @@ def _default_suite(n: int) -> Suite:
 
 
 def test_default_suite_worst_case_is_not_above_any_attack_it_ran():
-    report = Runner(_default_suite(96), progress=False).run()
+    report = Runner(_default_suite(64), progress=False).run()
     assert len(report.runs) == 7
     for run in report.runs:
         rows = {(w["threat_model"], w["eps"]): w for w in run["worst_case"]}

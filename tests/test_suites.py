@@ -58,7 +58,7 @@ def _run(label: str | None, params: int, worst: list[tuple[str, float, float]]) 
     defense = None if label is None else {"label": label, "trainable_parameters": params, "stored_bytes": 4 * params, "fit_seconds": 1.0, "forward_passes": 1}
     return {
         "task": "digits", "model": {"spec": "digits:cnn"}, "defense": defense, "n": 10, "clean_accuracy": 0.9, "reliable": True,
-        "worst_case": [{"threat_model": n, "eps": e, "robust_accuracy": a} for n, e, a in worst],
+        "worst_case": [{"threat_model": n, "eps": e, "robust_accuracy": a, "n": 10} for n, e, a in worst],
     }
 
 
@@ -66,10 +66,10 @@ def test_efficiency_plot_and_cost_table():
     curve = [("Linf", 0.05, 0.8), ("Linf", 0.1, 0.5), ("Linf", 0.2, 0.1), ("L2", 1.0, 0.3)]
     runs = [_run(None, 0, curve), _run("cavp", 480, [("Linf", 0.1, 0.6)]), _run("advft-lora-pgd-at", 1234, [("Linf", 0.1, 0.7)])]
     report = Report(runs=runs, environment={}, suite={"name": "t"}, created="now")
-    assert main_worst_case(runs[0]) == {"threat_model": "Linf", "eps": 0.1, "robust_accuracy": 0.5}
+    assert main_worst_case(runs[0]) == {"threat_model": "Linf", "eps": 0.1, "robust_accuracy": 0.5, "n": 10}
     header, rows = defense_table(report)
     assert [row[1] for row in rows] == ["none", "cavp", "advft-lora-pgd-at"]
-    assert rows[1][2] == 480 and rows[2][-1] == "70.0 (Linf, 0.1)"
+    assert rows[1][2] == 480 and rows[2][-1] == "70.0 (Linf, 0.1, n=10)"
     png = efficiency_plot(report)
     assert png is not None and png.startswith(b"\x89PNG")
     bare = Report(runs=[runs[0]], environment={}, suite={"name": "t"}, created="now")
