@@ -38,7 +38,11 @@ class Referee:
         self.target = target
         self.kappa = float(kappa)
         self.disagreements = 0
-        self.confirmed = 0
+        self._confirmed: torch.Tensor | int = 0  # a tensor sum while attacking: no device sync per step
+
+    @property
+    def confirmed(self) -> int:
+        return int(self._confirmed)
 
     def trusts(self, model: torch.nn.Module, logits: torch.Tensor | None) -> bool:
         """Whether ``logits`` computed by ``model`` are already the evaluated target's float32 verdict."""
@@ -52,10 +56,10 @@ class Referee:
 
         ``logits`` are the attack's own logits for ``x_adv`` (reused when they can be
         trusted, so confirming costs nothing in the common adaptive float32 case)."""
-        if not bool(flagged.any()):
-            return flagged
         if self.trusts(model, logits) and self.kappa == 0.0:
-            self.confirmed += int(flagged.sum())  # the attack's logits are the verdict: nothing to refuse
+            self._confirmed = self._confirmed + flagged.sum()  # the attack's logits are the verdict
+            return flagged
+        if not bool(flagged.any()):
             return flagged
         margin = torch.full(flagged.shape, float("-inf"), device=flagged.device)
         if self.trusts(model, logits):
@@ -65,7 +69,7 @@ class Referee:
                 verdict = self.target(x_adv[flagged].detach().float().to(self.target.device)).float()
             margin[flagged] = misclassification_margin(verdict, y[flagged].to(verdict.device)).to(margin.device)
         confirmed = flagged & (margin > self.kappa)
-        self.confirmed += int(confirmed.sum())
+        self._confirmed = self._confirmed + int(confirmed.sum())
         self.disagreements += int((flagged & ~confirmed).sum())
         return confirmed
 
