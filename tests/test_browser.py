@@ -3,6 +3,14 @@
 Needs the ``playwright`` Python package and a system Chromium (Debian's
 ``chromium``; no browser download). Skips with the reason when either is
 missing. ``RBP_SCREENSHOT=PATH`` also saves a screenshot of the leaderboard.
+
+The report page test builds a small real report (bare model and a visual prompt, n=32,
+a few PGD steps, AutoAttack on 16 images, the checks) and screenshots it. To screenshot
+a report already written instead (the README's ``reports/screenshots/report.png`` is of
+the default suite, ``python -m robustbench_peft eval --out /tmp/default_report``)::
+
+    RBP_REPORT_HTML=/tmp/default_report/report.html RBP_REPORT_SCREENSHOT=reports/screenshots/report.png \\
+        python -m pytest tests/test_browser.py -k leads_with_the_summary
 """
 
 from __future__ import annotations
@@ -95,11 +103,49 @@ def test_report_page_sorts_and_logs_no_errors(browser, tmp_path):
     paths = write_outputs(Report.from_json(doc), tmp_path)
     page, errors = open_page(browser, paths["report.html"])
     assert errors == []
-    table = "table.sortable >> nth=0"
+    table = "#summary table.sortable"
     header = page.locator(f"{table} >> thead th").all_text_contents()
-    robust = header.index("robust %")
-    before = page.locator(f"{table} >> tbody tr").evaluate_all(f"rows => rows.map(r => r.cells[{robust}].textContent)")
+    robust = header.index("worst Linf 0.1 %")
+    before = page.locator(f"{table} >> tbody tr").evaluate_all(f"rows => rows.map(r => parseFloat(r.cells[{robust}].textContent))")
     page.locator(f"{table} >> thead th").nth(robust).click()
-    after = [float(v) for v in page.locator(f"{table} >> tbody tr").evaluate_all(f"rows => rows.map(r => r.cells[{robust}].textContent)")]
-    assert after == sorted(after) and after != [float(v) for v in before]
+    after = page.locator(f"{table} >> tbody tr").evaluate_all(f"rows => rows.map(r => parseFloat(r.cells[{robust}].textContent))")
+    assert after == sorted(after) and after != before
     assert page.locator("img").count() >= 1 and errors == []
+
+
+def small_report(out: Path) -> Path:
+    """A real report shaped like the default suite's, in seconds: the bare model and a visual prompt,
+    Linf and L2 PGD, AutoAttack on 16 images, the sanity checks (their own attacks included)."""
+    from robustbench_peft import evaluate
+
+    attacks = ["pgd:steps=3,loss=cw", "pgd:steps=3,loss=cw,mode=nonadaptive", "pgd:norm=L2,steps=3", "autoattack:version=custom,attacks=apgd-ce,n=16,eps=0.1"]
+    evaluate("digits:cnn", suite="quick", defenses=["none", "vp:epochs=1"], attacks=attacks, eps={"Linf": [0.05, 0.1], "L2": [0.5]}, n=32, checks=True, out=out)
+    return out / "report.html"
+
+
+def test_report_page_leads_with_the_summary(browser, tmp_path, one_thread):
+    """Summary table, then the plots, then the details, collapsed; a screenshot of the page."""
+    existing = os.environ.get("RBP_REPORT_HTML")
+    path = Path(existing) if existing else small_report(tmp_path / "report")
+    page, errors = open_page(browser, path)
+    assert errors == []
+    runs = page.locator("#summary table tbody tr").count()
+    assert runs >= 2
+    header = page.locator("#summary table thead th").all_text_contents()
+    assert header[:4] == ["model", "defense", "n", "clean %"] and "AutoAttack Linf 0.1 %" in header and "reliable" in header
+    assert any(h.startswith("worst Linf") for h in header) and any(h.startswith("worst L2") for h in header)
+    top = lambda selector: page.locator(selector).first.bounding_box()["y"]  # noqa: E731
+    assert top("#summary table") < top("#plots img") < top("#details details")
+    images = page.locator("#plots img")
+    assert images.count() >= 2 and all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(images.count()))
+    details = page.locator("#details details")
+    assert details.count() >= 2 and not any(details.evaluate_all("ds => ds.map(d => d.open)"))
+    per_attack = details.nth(0).locator("table")
+    assert not per_attack.is_visible()
+    screenshot = Path(os.environ.get("RBP_REPORT_SCREENSHOT") or tmp_path / "report.png")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)  # collapsed, as a reader first sees the page
+    assert screenshot.read_bytes()[:4] == b"\x89PNG"
+    details.nth(0).locator("summary").click()
+    assert per_attack.is_visible() and "over n" in per_attack.locator("thead th").all_text_contents()
+    assert per_attack.locator("tbody tr").count() > runs and errors == []
