@@ -6,10 +6,14 @@ and loads them. Adapter scopes go through HF ``peft`` and its own on-disk format
 (``adapter_config.json`` + ``adapter_model.safetensors``).
 
 Layers are found automatically: every ``nn.Linear`` / ``nn.Conv2d`` of the body
-that the peft method supports. In peft 0.21 LoRA supports both (grouped
+that the peft method supports, with an ``nn.MultiheadAttention`` standing for the
+projections inside it (its forward reads their raw weights, so an adapter on
+``out_proj`` alone would never run). In peft 0.21 LoRA supports all three (grouped
 convolutions are skipped: LoRA needs the rank divisible by the groups);
-FourierFT and C3A support ``nn.Linear`` only, so convolutions stay frozen for
-them and the fitted defense says so in its note.
+FourierFT and C3A support ``nn.Linear`` only, so convolutions and such attention
+modules stay frozen for them and the fitted defense says so in its note. When no
+layer can take the adapter, the error names the option to use instead
+(``scope=linear`` / ``scope=full``, or ``head=false`` when no head is found).
 
 The classification head stays trainable in every scope (``head=True``): peft
 keeps a trainable copy in ``modules_to_save`` and ships it with the adapter.
@@ -34,6 +38,11 @@ from robustbench_peft.errors import UserError
 
 #: Layer types an adapter can attach to.
 ADAPTABLE = (nn.Linear, nn.Conv2d)
+#: Attention modules whose forward reads its projections' raw weights (torch's
+#: nn.MultiheadAttention passes ``out_proj.weight`` to a functional kernel): an adapter on
+#: such a projection would never run, so the attention module itself is the layer (peft's
+#: LoRA adapts it whole: the fused input projection and ``out_proj``).
+ATTENTION = (nn.MultiheadAttention,)
 #: File of the tensors shipped by the non-peft scopes.
 WEIGHTS_FILE = "advft_weights.safetensors"
 
@@ -88,9 +97,16 @@ def find_head(model: nn.Module, n_classes: int) -> str | None:
 
 
 def find_layout(model: nn.Module, n_classes: int) -> Layout:
+    """The head and the body layers: every Linear / Conv2d outside the head, with an attention
+    module (:data:`ATTENTION`) standing for the projections inside it."""
     head = find_head(model, n_classes)
     inside_head = (lambda n: n == head or n.startswith(head + ".")) if head else (lambda n: False)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, ADAPTABLE) and n and not inside_head(n)}
+    attention = [n for n, m in model.named_modules() if n and isinstance(m, ATTENTION)]
+    inside_attention = lambda n: any(n.startswith(a + ".") for a in attention)  # noqa: E731
+    layers = {
+        n: m for n, m in model.named_modules()
+        if n and not inside_head(n) and (isinstance(m, ATTENTION) or (isinstance(m, ADAPTABLE) and not inside_attention(n)))
+    }
     return Layout(head, layers)
 
 
@@ -207,6 +223,11 @@ class PeftScope(Scope):
 
         targets = {n: m for n, m in layout.layers.items() if self.supports(m, settings)}
         skipped = [n for n in layout.layers if n not in targets]
+        if not layout.layers:
+            raise UserError(
+                f"scope={self.name}: the model has no Linear / Conv2d layer outside its classification head "
+                f"{layout.head!r} to take an adapter; use scope=linear (the head alone) or scope=full"
+            )
         if not targets:
             raise UserError(
                 f"scope={self.name}: none of the model's {len(layout.layers)} Linear/Conv2d body layers can take a {self.name} adapter "
@@ -218,7 +239,14 @@ class PeftScope(Scope):
         config = self.make_config(targets, save, settings)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)  # adapter initialisation (e.g. LoRA's A) is seeded
-            peft_model = get_peft_model(model, config)
+            try:
+                peft_model = get_peft_model(model, config)
+            except (ValueError, TypeError, NotImplementedError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(
+                    f"scope={self.name}: peft cannot attach {self.name} adapters to this architecture ({first}); "
+                    "use scope=linear or scope=full, or head=false when the head is the problem"
+                ) from None
         note = f"{self.unsupported_note}: {len(skipped)} layer(s) left frozen ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})" if skipped else ""
         return Attached(peft_model, list(targets), note, skipped)
 
@@ -246,6 +274,8 @@ class PeftScope(Scope):
 
 
 def _lora_supports(module: nn.Module, settings: ScopeSettings) -> bool:
+    if isinstance(module, nn.MultiheadAttention):
+        return bool(module._qkv_same_embed_dim)  # peft 0.21: one fused input projection only
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
@@ -304,7 +334,7 @@ def _c3a_config(targets: dict[str, nn.Module], save: list[str] | None, settings:
 SCOPES: dict[str, Scope] = {
     "full": FullScope(),
     "linear": LinearScope(),
-    "lora": PeftScope("lora", _lora_supports, _lora_config, "peft LoRA skips grouped convolutions"),
+    "lora": PeftScope("lora", _lora_supports, _lora_config, "peft LoRA skips grouped convolutions and attention with separate key / value sizes"),
     "fourierft": PeftScope("fourierft", _fourierft_supports, _fourierft_config, "peft 0.21 FourierFT supports nn.Linear only"),
     "c3a": PeftScope("c3a", _c3a_supports, _c3a_config, "peft 0.21 C3A supports nn.Linear only, with a block size dividing both sides"),
 }

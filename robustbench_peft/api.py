@@ -11,7 +11,7 @@ from .options import PluginSpec, parse_plugin_spec
 from .registry import SUITES
 from .report import Report
 from .runner import Runner
-from .suite import Suite
+from .suite import Suite, task_overrides
 
 
 def _specs(items: Iterable[str | PluginSpec] | None) -> tuple[PluginSpec, ...] | None:
@@ -34,13 +34,17 @@ def evaluate(
     out: str | Path | None = None,
     progress: bool = False,
     checks: bool | None = None,
+    data_dir: str | Path | None = None,
 ) -> Report:
     """Evaluate ``model`` (a spec such as ``"digits:cnn"`` or an ``nn.Module`` mapping [0,1]
     images to logits) and return the :class:`Report`; also written to ``out`` when given.
 
+    ``task`` is a name with optional options, as ``--task`` takes it
+    (``"imagefolder:image_size=32,train_dir=DIR"``); ``data_dir`` is ``--data-dir``.
     A bare eps list applies to every threat model the attacks use.
     """
     base: Suite = SUITES.get(suite).factory()
+    task, task_options = task_overrides(base, task, None if data_dir is None else str(data_dir))
     attack_specs = _specs(attacks)
     if eps is not None and not isinstance(eps, dict):
         norms = {str(s.options.get("norm", "Linf")) for s in (attack_specs or base.attacks)}
@@ -48,7 +52,7 @@ def evaluate(
     models: Any = None
     if model is not None:
         models = (model,) if isinstance(model, (str, nn.Module)) else tuple(model)
-    configured = base.with_overrides(task=task, models=models, attacks=attack_specs, eps=eps, n=n, seed=seed, defenses=_specs(defenses), checks=checks)
+    configured = base.with_overrides(task=task, task_options=task_options, models=models, attacks=attack_specs, eps=eps, n=n, seed=seed, defenses=_specs(defenses), checks=checks)
     report = Runner(configured, progress=progress).run()
     if out is not None:
         from .render import write_outputs

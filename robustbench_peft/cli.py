@@ -117,7 +117,7 @@ def resolve_out_dir(out: str | None, suite: str, force: bool) -> Path:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="digits", help="named suite to start from (default: digits)")
-    p.add_argument("--task", help="task name, e.g. digits")
+    p.add_argument("--task", help="task NAME[:k=v,...], e.g. digits, cifar10 or imagefolder:image_size=32,train_dir=DIR (options as the task's factory takes them)")
     p.add_argument("--data-dir", help="data directory of the task (cifar10, cifar100, imagefolder)")
     p.add_argument("--model", action="append", help="model spec FAMILY:NAME (repeatable), e.g. digits:cnn")
     p.add_argument("--attack", action="append", help="attack NAME[:k=v,...] (repeatable), e.g. pgd:norm=L2,steps=50; every attack also takes n=K, eps=A+B, mode=nonadaptive and amp=bf16")
@@ -143,6 +143,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def build_suite(args: argparse.Namespace):
     from .options import apply_settings, parse_plugin_spec
     from .registry import SUITES
+    from .suite import task_overrides
 
     suite = SUITES.get(args.suite).factory()
     attacks = tuple(parse_plugin_spec(a) for a in args.attack) if args.attack else None
@@ -159,12 +160,10 @@ def build_suite(args: argparse.Namespace):
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    task_options = dict(suite.task_options)
-    if args.data_dir:
-        task_options["data_dir"] = args.data_dir
+    task, task_options = task_overrides(suite, args.task, args.data_dir)
     suite = suite.with_overrides(
         task_options=task_options,
-        task=args.task,
+        task=task,
         models=tuple(args.model) if args.model else None,
         attacks=attacks,
         defenses=defenses,

@@ -18,7 +18,6 @@ from .attack import Attack, AttackResult, validate_eps
 from .checkpoint import CheckpointStore, chunk_seed, merge_results
 from .defense import Defense, FittedDefense
 from .errors import UserError
-from .models import load_target
 from .options import PluginSpec, build
 from .precision import AMP_DTYPES
 from .registry import ATTACKS, DEFENSES, TASKS
@@ -159,24 +158,32 @@ class Runner:
         self.progress = progress
         self.log = log or (lambda message: None)
         self.device = device
-        self._targets: dict[str, ClassifierTarget] = {}
+        self._targets: dict[tuple, ClassifierTarget] = {}
 
     def base_target(self, model: Any, task: ClassificationTask) -> ClassifierTarget:
+        """The bare target of ``model`` (a spec or an ``nn.Module``) for ``task``, loaded once per run.
+
+        A spec is loaded for the task (:func:`~.models.hub.load_for_task`): every family
+        gets the task's class names and pixel size where its loader takes them, so the
+        target takes the task's images and resizes them to the network's own size inside.
+        """
+        from .models.hub import load_for_task
         from .targets import as_classifier_target
 
+        key = (model, task.name, tuple(task.input_shape), tuple(task.class_names)) if isinstance(model, str) else None
         if not isinstance(model, str):
             target = as_classifier_target(model, task.n_classes, task.input_shape, name=type(model).__name__)
-        elif model in self._targets:
-            return self._targets[model]
+        elif key in self._targets:
+            return self._targets[key]
         else:
-            target = load_target(model)
+            target = load_for_task(model, task)
         target = target.to(self.device).eval()
         if target.n_classes != task.n_classes:
             raise UserError(f"model {target.name} has {target.n_classes} classes but task {task.name} has {task.n_classes}")
         target.check_input(task.x_test[:2])
         target.validate_outputs(task.x_test[:16])
-        if isinstance(model, str):
-            self._targets[model] = target
+        if key is not None:
+            self._targets[key] = target
         return target
 
     def run(self) -> Report:

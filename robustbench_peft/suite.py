@@ -10,11 +10,38 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import UserError
-from .options import PluginSpec
+from .options import PluginSpec, parse_plugin_spec
 
 #: Attack options handled by the runner rather than by the attack itself.
 RUNNER_OPTIONS = ("n", "mode", "eps", "amp")
 MODES = ("adaptive", "nonadaptive")
+
+
+def split_task(text: str) -> tuple[str, dict[str, Any]]:
+    """``"imagefolder:image_size=32,train_dir=DIR"`` -> ("imagefolder", {"image_size": "32", "train_dir": "DIR"}).
+
+    The syntax of ``--attack`` and ``--defense``; the task's factory converts and checks the values.
+    """
+    if not isinstance(text, str):
+        raise UserError(f"task must be a name such as digits or imagefolder:image_size=32, got {text!r}")
+    spec = parse_plugin_spec(text)
+    if not spec.name:
+        raise UserError(f"invalid task {text!r}: expected NAME or NAME:key=value,... such as imagefolder:image_size=32")
+    return spec.name, dict(spec.options)
+
+
+def task_overrides(suite: "Suite", text: str | None, data_dir: str | None = None) -> tuple[str | None, dict[str, Any]]:
+    """``--task NAME[:k=v,...]`` and ``--data-dir DIR`` over ``suite`` -> (task name or None, task options).
+
+    The suite's own task options are kept for its own task only; ``--data-dir DIR``
+    is the option ``data_dir=DIR``."""
+    name, given = split_task(text) if text else (None, {})
+    options = {**(suite.task_options if name in (None, suite.task) else {}), **given}
+    if data_dir:
+        if "data_dir" in given and str(given["data_dir"]) != data_dir:
+            raise UserError(f"--data-dir {data_dir} and the task's data_dir={given['data_dir']} name two data directories; give one of them")
+        options["data_dir"] = data_dir
+    return name, options
 
 
 @dataclass(frozen=True)
@@ -38,21 +65,39 @@ class Suite:
     sections: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A task written with its options ("imagefolder:image_size=32") keeps the bare name;
+        # its options go to task_options (over the ones given there).
+        if isinstance(self.task, str) and ":" in self.task:
+            name, options = split_task(self.task)
+            object.__setattr__(self, "task", name)
+            object.__setattr__(self, "task_options", {**self.task_options, **options})
+
     def with_overrides(self, **changes: Any) -> "Suite":
         """Replace the fields given (None keeps a field).
 
-        A suite's defenses, report sections and eps were chosen for its own task and
-        models: another task drops all three (the task's default eps apply), other
-        models drop defenses and sections, unless they are given too.
+        ``task`` may carry its options (``imagefolder:image_size=32``). A suite's
+        defenses, report sections, eps and task options were chosen for its own task
+        and models: another task drops all four (the task's default eps apply), other
+        models drop defenses and sections, unless they are given too. A suite with no
+        models of its own (``unlearning``, ``diffusion``: its sections are the whole
+        suite) keeps its sections.
         """
         changes = {k: v for k, v in changes.items() if v is not None}
+        if "task" in changes:
+            name, options = split_task(changes["task"])
+            if name != self.task:
+                changes.setdefault("task_options", {})
+            changes["task"] = name
+            changes["task_options"] = {**changes.get("task_options", self.task_options), **options}
         new_task = changes.get("task", self.task) != self.task
         new_models = tuple(changes.get("models", self.models)) != tuple(self.models)
         if new_task:
             changes.setdefault("eps", None)
         if new_task or new_models:
             changes.setdefault("defenses", (PluginSpec("none"),))
-            changes.setdefault("sections", ())
+            if self.models:
+                changes.setdefault("sections", ())
         return replace(self, **changes)
 
     @classmethod

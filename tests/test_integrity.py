@@ -158,7 +158,7 @@ def _default_suite(n: int) -> Suite:
 
 
 def test_default_suite_worst_case_is_not_above_any_attack_it_ran():
-    report = Runner(_default_suite(64), progress=False).run()
+    report = Runner(_default_suite(32), progress=False).run()
     assert len(report.runs) == 7
     for run in report.runs:
         rows = {(w["threat_model"], w["eps"]): w for w in run["worst_case"]}

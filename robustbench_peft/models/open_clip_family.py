@@ -11,6 +11,7 @@ averages the normalised text embeddings per class, and scores an image by
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Sequence
 
@@ -64,9 +65,10 @@ def parse_class_names(class_names: Sequence[str] | str | None, spec: str) -> lis
     if class_names is None or (isinstance(class_names, str) and not class_names.strip()):
         raise UserError(
             f"{spec}: a zero-shot classifier needs the task's class names; load it for a task "
-            "(load_for_task(spec, task)) or pass class_names=['cat', 'dog', ...]"
+            "(eval --task, evaluate(task=...) or load_for_task(spec, task)) or pass class_names=['cat', 'dog', ...] "
+            "(in a spec: open_clip:NAME:class_names=cat+dog)"
         )
-    names = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+    names = re.split(r"[,+]", class_names) if isinstance(class_names, str) else list(class_names)
     names = [str(n).strip().replace("_", " ") for n in names]
     if len(names) < 2 or not all(names):
         raise UserError(f"{spec}: need at least two non-empty class names, got {class_names!r}")

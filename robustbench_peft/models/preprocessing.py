@@ -124,9 +124,12 @@ def resolve_input_shape(input_shape: Sequence[int] | None, config: PreprocessCon
     """The pixel-space shape attacks see: the task's (when given) or the network's own input size."""
     if input_shape is None or (isinstance(input_shape, str) and not input_shape):
         return config.input_size
-    if isinstance(input_shape, str):
-        input_shape = [int(v) for v in input_shape.replace("x", ",").split(",") if v.strip()]
-    shape = tuple(int(v) for v in input_shape)
+    try:
+        if isinstance(input_shape, str):
+            input_shape = [int(v) for v in input_shape.replace("x", ",").replace("+", ",").split(",") if v.strip()]
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise UserError(f"{spec}: input_shape must be (C, H, W), e.g. 3x32x32, got {input_shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"{spec}: input_shape must be (C, H, W), got {input_shape!r}")
     if shape[0] not in (1, config.input_size[0]):
