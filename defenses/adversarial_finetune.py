@@ -219,6 +219,7 @@ class AdversarialFineTune(Defense):
             "version": ADVFT_VERSION,
             "base_sha256": weights_sha256(base.state_dict()),
             "data": task.recipe(),
+            "train_data_sha256": task.train_data_sha256(),
             "adapted": adapted,
             "head_module": layout.head,
             "peft": importlib.metadata.version("peft"),  # not `import peft`: seconds, for a version string

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from robustbench_peft import precision
-from robustbench_peft.cache import cached_tensors, state_dict_sha256
+from robustbench_peft.cache import cached_tensors
 from robustbench_peft.defense import Defense, DefenseCost, FittedDefense
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_defense
@@ -124,7 +124,7 @@ class PromptDefense(Defense):
             "base_sha256": base.weights_sha256(),
             "input_shape": list(base.input_shape),
             **task.recipe(),
-            "train_data_sha256": state_dict_sha256({"x": task.x_train, "y": task.y_train}),
+            "train_data_sha256": task.train_data_sha256(),
             **recipe.to_json(),
             **precision.fit_amp_recipe(),
         }

@@ -42,3 +42,10 @@ class ClassificationTask:
     def recipe(self) -> dict:
         """What identifies the data in cache keys."""
         return {"task": self.name, "n_train": len(self.y_train), "n_test": len(self.y_test)}
+
+    def train_data_sha256(self) -> str:
+        """The training images and labels themselves: two folders with equal counts, or one
+        folder at another image size, must not share a cached fit."""
+        from .cache import state_dict_sha256
+
+        return state_dict_sha256({"x": self.x_train, "y": self.y_train})

@@ -217,6 +217,15 @@ def test_same_seed_same_weights_and_cache_hit(cnn, digits, tmp_path, monkeypatch
     assert torch.equal(first.target.logits(x), second.target.logits(x))
 
 
+def test_cache_key_holds_the_training_data_not_only_its_counts(cnn, digits):
+    from dataclasses import replace
+
+    defense = build(DEFENSES.get("advft").factory, {"scope": "lora"}, owner="defense advft")
+    layout = find_layout(cnn.model, 10)
+    flipped = replace(digits, x_train=digits.x_train.flip(-1))  # same name and counts, other images
+    assert defense.recipe(cnn, digits, layout, []) != defense.recipe(cnn, flipped, layout, [])
+
+
 class PairSum(nn.Module):
     """Ten logits from twenty features, so no single layer has one output per class."""
 
