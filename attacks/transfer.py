@@ -18,6 +18,7 @@ from torch import nn
 from robustbench_peft.attack import Attack, AttackResult, validate_eps
 from robustbench_peft.errors import UserError
 from robustbench_peft.models import load_target, parse_spec
+from robustbench_peft.models.hub import load_for_task
 from robustbench_peft.registry import register_attack
 from robustbench_peft.targets import ClassifierTarget
 
@@ -85,7 +86,13 @@ class Transfer(Attack):
         self.ensemble = bool(ensemble)
         self.crafters = {m: PGD(norm=norm, steps=self.steps, early_stop=False, seed=seed, batch_size=batch_size, progress=False, **METHODS[m](self.steps)) for m in self.methods}
         self._loaded: dict[str, ClassifierTarget] = {}
+        self._task: Any = None
         self._reset([], 0)
+
+    def prepare(self, task: Any) -> None:
+        """Surrogates are loaded for the task (its class names and pixel size), as the runner loads the target."""
+        if task is not self._task:
+            self._task, self._loaded = task, {}
 
     # -- bookkeeping of one evaluation -----------------------------------------------------
     def _reset(self, eps: list[float], n: int) -> None:
@@ -103,7 +110,7 @@ class Transfer(Attack):
         out: dict[str, ClassifierTarget] = {}
         for spec in self.surrogates:
             if spec not in self._loaded:
-                self._loaded[spec] = load_target(spec).eval()
+                self._loaded[spec] = (load_for_task(spec, self._task) if self._task is not None else load_target(spec)).eval()
             surrogate = self._loaded[spec].to(like.device)
             if surrogate.n_classes != like.n_classes or surrogate.input_shape != like.input_shape:
                 raise UserError(

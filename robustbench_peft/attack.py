@@ -127,6 +127,10 @@ class Attack(ABC):
         ``referee`` (None when crafting on another model than the evaluated one) is
         the only authority on whether a sample may stop receiving effort."""
 
+    def prepare(self, task: Any) -> None:
+        """Called once by the runner before a run, with the task: an attack that loads models
+        of its own (transfer surrogates) loads them for the task's classes and pixel size."""
+
     def config(self) -> dict[str, Any]:
         """The settings that reproduce this attack (recorded in reports)."""
         return {"norm": self.norm, "seed": self.seed}

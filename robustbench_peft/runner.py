@@ -198,6 +198,8 @@ class Runner:
             SECTION_CHECKS.get(name, lambda s: None)(suite)
         attacks = [prepare_attack(spec, suite.seed, suite.batch_size, self.progress) for spec in suite.attacks]
         for prepared in attacks:
+            prepared.attack.prepare(task)
+        for prepared in attacks:
             if prepared.eps is None and prepared.attack.norm not in eps:
                 raise UserError(f"attack {prepared.spec.label()} uses {prepared.attack.norm} but no eps is set for it; pass --eps {prepared.attack.norm}:VALUES")
         defenses = [(spec, prepare_defense(spec, suite.seed)) for spec in suite.defenses]

@@ -305,3 +305,16 @@ def test_task_options_belong_to_their_task():
     assert task_overrides(suite, None, "/e") == (None, {"data_dir": "/e", "image_size": "32"})
     assert task_overrides(suite, "cifar10", "/c") == ("cifar10", {"data_dir": "/c"})
     assert Suite.from_json(suite.to_json()).task_options == {"data_dir": "/d", "image_size": "32"}
+
+
+def test_transfer_loads_its_surrogates_for_the_task(tmp_path, data, family_specs):
+    """A timm surrogate (native 48x48) transfers to a file model on an ImageFolder at 32x32: the
+    surrogate is loaded for the task, as the target is, and resizes inside."""
+    target_spec, _, task_text = family_specs["file"]
+    surrogate_spec = family_specs["timm"][0]
+    out = tmp_path / "run"
+    code = main(["eval", "--task", task_text, "--data-dir", str(data["folder"]), "--model", target_spec,
+                 "--attack", f"transfer:surrogates={surrogate_spec},methods=pgd,steps=2", "--n", "8", "--no-checks", "--out", str(out), "--quiet"])
+    assert code == 0
+    (record,) = run_of(out)["attacks"]
+    assert record["kind"] == "transfer" and record["details"]["pairs"] == [f"{surrogate_spec}/pgd"]
