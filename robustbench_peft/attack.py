@@ -31,7 +31,7 @@ from .errors import UserError
 from .precision import crafting_autocast
 from .referee import Referee
 from .targets import ClassifierTarget
-from .threat_model import check_norm, invalid_mask, project, violations
+from .threat_model import broken_rules, check_norm, project
 
 
 class AttackValidityError(RuntimeError):
@@ -183,8 +183,9 @@ class Attack(ABC):
                 if candidates.shape != x[standing].shape:
                     raise AttackValidityError(f"{self.name} returned shape {tuple(candidates.shape)} for {tuple(x[standing].shape)}")
                 best[standing] = project(x[standing], torch.nan_to_num(candidates, nan=0.0), eps, self.norm)
-            invalid[i] = violations(x, best, eps, self.norm)
-            bad = invalid_mask(x, best, eps, self.norm)
+            rules = broken_rules(x, best, eps, self.norm)
+            invalid[i] = {rule: int(mask.sum()) for rule, mask in rules.items()}
+            bad = torch.stack(list(rules.values())).any(0)
             if bool(bad.any()):
                 best[bad] = x[bad]  # never score an input outside the threat model
                 warnings.warn(f"{self.name} at eps={eps}: {int(bad.sum())} inputs outside the threat model after projection: {invalid[i]}; scored as the clean inputs", RuntimeWarning, stacklevel=2)

@@ -57,13 +57,17 @@ class RunContext:
     #: The run's adaptive white-box attacks (for "the base model falls to the same attack").
     white_box: list[Attack] = field(default_factory=list)
     extra: list[AttackResult] = field(default_factory=list)
+    #: Check attacks already run, by (settings, eps, samples): two checks asking for the same
+    #: attack (e.g. margin PGD-10 at the middle eps) share one run.
+    _ran: dict[tuple, AttackResult] = field(default_factory=dict)
 
-    def attack(self, attack: Attack, x: torch.Tensor, y: torch.Tensor, eps: list[float], fold: bool = True) -> AttackResult:
+    def attack(self, attack: Attack, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> AttackResult:
         """Run a check's attack on the evaluated target; its result folds into the worst case."""
-        result = attack(self.target, x, y, eps)
-        if fold:
-            self.extra.append(result)
-        return result
+        key = (repr(sorted(attack.config().items())), tuple(eps), len(x))
+        if key not in self._ran:
+            self._ran[key] = attack(self.target, x, y, eps)
+            self.extra.append(self._ran[key])
+        return self._ran[key]
 
     def covered(self, norm: str) -> int:
         """Samples every worst-case row of ``norm`` covers (checks stay inside what the run attacked)."""

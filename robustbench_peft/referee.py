@@ -56,13 +56,14 @@ class Referee:
 
         ``logits`` are the attack's own logits for ``x_adv`` (reused when they can be
         trusted, so confirming costs nothing in the common adaptive float32 case)."""
-        if self.trusts(model, logits) and self.kappa == 0.0:
+        trusted = self.trusts(model, logits)
+        if trusted and self.kappa == 0.0:
             self._confirmed = self._confirmed + flagged.sum()  # the attack's logits are the verdict
             return flagged
         if not bool(flagged.any()):
             return flagged
         margin = torch.full(flagged.shape, float("-inf"), device=flagged.device)
-        if self.trusts(model, logits):
+        if trusted:
             margin[flagged] = misclassification_margin(logits[flagged].detach(), y[flagged])
         else:
             with torch.no_grad(), torch.autocast(self.target.device.type, enabled=False):

@@ -57,20 +57,15 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
     return (x + noise.to(x.device, x.dtype)).clamp(0.0, 1.0)
 
 
-def _broken_rules(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> dict[str, torch.Tensor]:
-    """Per rule of the contract, a per-sample mask of the inputs that break it."""
+def broken_rules(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> dict[str, torch.Tensor]:
+    """Per rule of the contract (finite, in [0,1], in the eps-ball), a per-sample mask of the
+    inputs that break it; ``any`` over the masks marks the invalid samples."""
     finite = torch.isfinite(x_adv.flatten(1)).all(1)
     in_box = ((x_adv >= 0) & (x_adv <= 1)).flatten(1).all(1)
     in_ball = distance(x, torch.nan_to_num(x_adv), norm) <= eps + TOLERANCE
     return {"not_finite": ~finite, "outside_0_1": ~in_box, "outside_ball": ~in_ball}
 
 
-def invalid_mask(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Per sample: True where the input breaks the contract (not finite, outside [0,1] or the ball)."""
-    masks = list(_broken_rules(x, x_adv, eps, norm).values())
-    return torch.stack(masks).any(0)
-
-
 def violations(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> dict[str, int]:
     """Counts of returned inputs that break the contract (must all be zero)."""
-    return {rule: int(mask.sum()) for rule, mask in _broken_rules(x, x_adv, eps, norm).items()}
+    return {rule: int(mask.sum()) for rule, mask in broken_rules(x, x_adv, eps, norm).items()}
