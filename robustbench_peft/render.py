@@ -22,10 +22,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import write_bytes_atomic, write_text_atomic
 from .coverage import worst_case_coverage
 from .report import Report, RunSummary, cell, summarize_run, summary_keys
 

@@ -22,7 +22,7 @@ from .options import PluginSpec, build
 from .precision import AMP_DTYPES
 from .registry import ATTACKS, DEFENSES, TASKS
 from .report import Report, bits, environment
-from .suite import MODES, RUNNER_OPTIONS, Suite
+from .suite import MODES, Suite
 from .targets import ClassifierTarget
 from .task import ClassificationTask
 from .worst_case import copy as copy_worst
