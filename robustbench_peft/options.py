@@ -74,7 +74,20 @@ def _convert(value: Any, default: Any, key: str, owner: str) -> Any:
 
 
 def build(factory: Callable[..., Any], options: dict[str, Any], owner: str, **fixed: Any) -> Any:
-    """Call ``factory`` with converted ``options`` (unknown keys are a clear error)."""
+    """Call ``factory`` with converted ``options`` (unknown keys are a clear error).
+
+    A plug-in that declares a ``config_class`` (:mod:`.config`) gets one config
+    object, built and validated from the options; other factories (tasks, model
+    loaders) get the options as keyword arguments, converted by their signature."""
+    from .config import config_class_of
+
+    config_class = config_class_of(factory)
+    if config_class is not None:
+        config = config_class.from_options(options, owner)
+        try:
+            return factory(config, **fixed)
+        except TypeError as exc:
+            raise UserError(f"{owner}: {exc}") from None
     params = inspect.signature(factory).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs: dict[str, Any] = {}
