@@ -227,6 +227,7 @@ class AutoAttackAdapter(Attack):
     """AutoAttack (APGD-CE, APGD-T, FAB-T, Square) via upstream autoattack or pyautoattack; few-class safe."""
 
     name = "autoattack"
+    standard = True
 
     @property
     def kind(self) -> str:  # type: ignore[override]

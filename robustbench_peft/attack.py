@@ -58,6 +58,8 @@ class AttackResult:
     invalid: list[dict[str, int]] = field(default_factory=list)
     #: The attack's :attr:`Attack.kind` ("white-box", "transfer", "query").
     kind: str = "white-box"
+    #: The attack's :attr:`Attack.standard`: a reference evaluation leaderboards rank by.
+    standard: bool = False
 
     @property
     def robust_accuracy(self) -> list[float]:
@@ -103,6 +105,9 @@ class Attack(ABC):
     #: pipeline), "transfer" (gradients of other models only) or "query" (outputs only).
     #: The checks compare the latter two with white-box per sample.
     kind: str = "white-box"
+    #: True for the reference evaluation a leaderboard ranks by (AutoAttack): submissions
+    #: need it, and the ranked worst case is over the samples it covered.
+    standard: bool = False
     #: Margin the evaluated target must show (max wrong logit - true logit) before a
     #: sample counts as broken during the attack (early stop); 0 = misclassified.
     kappa: float = 0.0
@@ -212,6 +217,7 @@ class Attack(ABC):
             details=details,
             invalid=[invalid[i] for i in range(len(eps_values))],
             kind=self.kind,
+            standard=self.standard,
         )
 
     def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None) -> torch.Tensor:
