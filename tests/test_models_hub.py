@@ -183,18 +183,23 @@ TINY_CLIP = {
 }
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
+def save_tiny_open_clip(folder: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny CLIP in open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors)."""
     import open_clip
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY_CLIP).eval()
-    folder = tmp_path_factory.mktemp("clip")
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
     preprocess = {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}))
     return folder, model
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_open_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_open_clip_zero_shot(clip_dir):
