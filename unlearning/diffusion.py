@@ -1,8 +1,8 @@
 """Concept unlearning for text-to-image targets: ESD and SalUn's diffusion form.
 
 Registered as text-to-image unlearners ``esd`` and ``salun`` (also accepted as
-``salun-dm``, the name its results are labelled and cached with). Both
-fine-tune only the UNet.
+``salun-dm``; its method name, which keys its cached UNets, stays ``salun-dm``).
+Both fine-tune only the UNet.
 
 * ESD (Gandikota et al.): the UNet under the erased prompt c is trained to
   follow the frozen original's negatively guided prediction

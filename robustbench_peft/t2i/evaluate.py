@@ -7,7 +7,6 @@ not attacked again; pre-ASR is always reported next to it.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import torch
