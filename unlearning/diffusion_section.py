@@ -24,7 +24,7 @@ from robustbench_peft.options import build, parse_plugin_spec
 from robustbench_peft.registry import ATTACKS, TASKS, UNLEARNERS, load_plugins, register_suite
 from robustbench_peft.render import figure_png, png_data_uri
 from robustbench_peft.runner import Runner
-from robustbench_peft.section import Section, SectionResult, Table, register_section
+from robustbench_peft.section import Section, SectionResult, register_section
 from robustbench_peft.suite import Suite, name_list, section_settings
 from robustbench_peft.t2i.attack_base import PromptResult
 from robustbench_peft.t2i.evaluate import attack_all, judged_rate, summarize
@@ -232,18 +232,10 @@ class DiffusionSection(Section):
     """Concept unlearning of text-to-image models under prompt attacks: pre-ASR, ASR, kept accuracy."""
 
     name = SECTION
-
-    def check(self, suite: Suite) -> dict[str, Any]:
-        return section_config(suite)
-
-    def run(self, suite: Suite, runner: Runner) -> SectionResult:
-        return run_diffusion_section(suite, runner)
-
-    def tables(self, data: dict[str, Any]) -> list[Table]:
-        return section_tables(data)
-
-    def plot(self, data: dict[str, Any]) -> bytes | None:
-        return section_plot(data)
+    check = staticmethod(section_config)
+    run = staticmethod(run_diffusion_section)
+    tables = staticmethod(section_tables)
+    plot = staticmethod(section_plot)
 
     def html(self, data: dict[str, Any], files: Mapping[str, bytes]) -> str:
         return grid_html(data.get("description", ""), data.get("grids") or [], files)

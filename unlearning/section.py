@@ -18,7 +18,7 @@ from robustbench_peft.options import build, parse_plugin_spec
 from robustbench_peft.registry import UNLEARNERS, register_suite
 from robustbench_peft.report import Report
 from robustbench_peft.runner import Runner, load_task
-from robustbench_peft.section import Section, SectionResult, Table, register_section
+from robustbench_peft.section import Section, SectionResult, register_section
 from robustbench_peft.suite import Suite, name_list, section_settings
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
@@ -168,15 +168,11 @@ class UnlearningSection(Section):
     """Classifier unlearning: every unlearner on every forget scenario, gaps to retrain."""
 
     name = SECTION
-
-    def check(self, suite: Suite) -> dict[str, Any]:
-        return section_config(suite)
+    check = staticmethod(section_config)
+    tables = staticmethod(section_tables)
 
     def run(self, suite: Suite, runner: Runner) -> SectionResult:
         return SectionResult(run_unlearning_section(suite, runner))
-
-    def tables(self, data: dict[str, Any]) -> list[Table]:
-        return section_tables(data)
 
     def plot(self, data: dict[str, Any]) -> bytes | None:
         return section_plot(Report(runs=[], environment={}, suite={}, created="", sections={SECTION: data}))
