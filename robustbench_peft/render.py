@@ -173,7 +173,7 @@ LOWERED_NOTE = f"{LOWERED_MARK}: lowered by the checks' own attacks (the details
 
 
 def lowered_table(report: Report) -> tuple[list[str], list[list[Any]]]:
-    """The worst cases the checks' own attacks lowered (``run["lowered_by_checks"]``; marked in the summary)."""
+    """The worst cases the checks' own attacks lowered (``RunRecord.lowered_by_checks``; marked in the summary)."""
     header = ["model", "defense", "threat", "eps", "worst % before the checks", "worst % after", "over n"]
     rows = [
         [row.model, row.defense, low["threat_model"], f"{low['eps']:g}", _pct(low["from"]), _pct(low["to"]), low.get("n", "")]

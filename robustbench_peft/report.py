@@ -167,7 +167,7 @@ class RunSummary:
     clean_accuracy: float
     #: (threat model, eps) -> (n, robust accuracy over those n): the worst case over every attack
     worst: dict[Key, tuple[int, float]]
-    #: the worst cases the checks' own attacks lowered (``run["lowered_by_checks"]``)
+    #: the worst cases the checks' own attacks lowered (``RunRecord.lowered_by_checks``)
     lowered: tuple[dict[str, Any], ...]
     #: (threat model, eps) -> (n, robust accuracy): the lowest float32 AutoAttack record there
     autoattack: dict[Key, tuple[int, float]]
