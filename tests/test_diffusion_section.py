@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_peft.diffusion_section import run_diffusion_section, section_tables
+from unlearning.diffusion_section import DiffusionSection, section_tables
 from robustbench_peft.registry import SUITES, T2I_TASKS
 from robustbench_peft.suite import Suite
 from robustbench_peft.t2i.attack_base import PromptItem
@@ -45,7 +45,8 @@ def test_section_reports_pre_asr_asr_kept_accuracy_and_grid(monkeypatch, tmp_pat
     suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
         "task": "tiny-t2i", "task_options": {}, "unlearners": ["esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2"],
         "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=2", "random_tokens:k=2,trials=1"], "grid": 2}})
-    section = run_diffusion_section(suite, QuietRunner())
+    result = DiffusionSection().run(suite, QuietRunner())
+    section = {**result.data, "html": DiffusionSection().html(result.data, result.files)}  # the grid as the page renders it
     rows = section["rows"]
     assert [(r["unlearner"], r["attack"]) for r in rows] == [("none (original)", "no_attack")] + [
         (u, a) for u in ("esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2")
