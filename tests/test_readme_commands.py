@@ -7,10 +7,12 @@ with a stand-in data set, never a command's options; ``CASES`` says per command
 what it replaces. A command that cannot run here says why beside it in the README,
 and its case checks that the README says so.
 
-The commands that need more time than the 10-minute test suite has (the suites at
-their budgets, AutoAttack at the leaderboard budget, claims verification) are
-marked ``readme`` and run by ``python -m pytest -m readme`` (CI runs both). A
-meta-test fails when the README gains a command without a case here.
+The commands that need more time than the 10-minute test suite has (the suites,
+the hub families on their stand-ins, claims verification, submission) are marked
+``readme`` and run by ``python -m pytest -m readme`` (CI runs both). The
+leaderboard-budget suite ``full`` and its torchrun form take hours on 2 cores:
+marked ``budget``, run by ``python -m pytest -m budget``, not in CI. A meta-test
+fails when the README gains a command without a case here.
 """
 
 from __future__ import annotations
@@ -196,7 +198,9 @@ class Case:
     machine, which the README must give beside the command."""
 
     check: Callable[[Workdir, subprocess.CompletedProcess], None] | None = None
-    long: bool = False
+    #: "fast" (the test suite), "readme" (python -m pytest -m readme; CI) or "budget" (the
+    #: leaderboard budget, hours on 2 cores: python -m pytest -m budget; not in CI).
+    tier: str = "readme"
     setup: Callable[[Workdir], dict[str, str]] = lambda work: {}
     not_here: str = ""
     #: the README's optional ``[--flag VALUE]`` parts are typed in.
@@ -225,9 +229,10 @@ def _setup_open_clip(work: Workdir) -> dict[str, str]:
 
 
 def _setup_submission(work: Workdir) -> dict[str, str]:
-    work.ok("python -m robustbench_peft eval --suite full")
-    (full,) = sorted(work.path.glob("reports/runs/full-*"))
-    return {"reports/runs/X": str(full.relative_to(work.path)), "card.json": str(_card(work))}
+    """X: the README's prompts suite run (AutoAttack on 100 samples, every check passing)."""
+    work.ok("python -m robustbench_peft eval --suite prompts")
+    (run,) = sorted(work.path.glob("reports/runs/prompts-*"))
+    return {"reports/runs/X": str(run.relative_to(work.path)), "card.json": str(_card(work))}
 
 
 def _card(work: Workdir) -> Path:
@@ -274,17 +279,17 @@ def check_torchrun(work: Workdir, proc: subprocess.CompletedProcess) -> None:
 
 
 CASES: dict[str, Case] = {
-    'pip install -e . && python -m robustbench_peft eval': Case(check_suite("digits", 7, ("unlearning",)), long=True),
+    'pip install -e . && python -m robustbench_peft eval': Case(check_suite("digits", 7, ("unlearning",))),
     'pip install -e ".[test]" && python -m pytest': Case(not_here="`.ci/run` runs this command exactly as written"),
-    "python -m robustbench_peft list": Case(check_list),
-    "python -m robustbench_peft eval": Case(check_suite("digits", 7, ("unlearning",)), long=True),
-    "python -m robustbench_peft eval --suite quick": Case(check_suite("quick", 1), long=True),
-    "python -m robustbench_peft eval --model digits:cnn --attack pgd:norm=L2,steps=50,restarts=5 --eps L2:0.5,1,2 --n 200 --seed 1 --out reports/runs/l2": Case(check_l2, long=True),
-    "python -m robustbench_peft eval --suite full": Case(check_suite("full", 1), long=True),
-    "python -m robustbench_peft eval --suite prompts": Case(check_suite("prompts", 4), long=True),
-    "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4), long=True),
-    "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",)), long=True),
-    "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", ("no_attack", "random_tokens", "unlearndiff")), long=True),
+    "python -m robustbench_peft list": Case(check_list, tier="fast"),
+    "python -m robustbench_peft eval": Case(check_suite("digits", 7, ("unlearning",))),
+    "python -m robustbench_peft eval --suite quick": Case(check_suite("quick", 1)),
+    "python -m robustbench_peft eval --model digits:cnn --attack pgd:norm=L2,steps=50,restarts=5 --eps L2:0.5,1,2 --n 200 --seed 1 --out reports/runs/l2": Case(check_l2),
+    "python -m robustbench_peft eval --suite full": Case(check_suite("full", 1), tier="budget"),
+    "python -m robustbench_peft eval --suite prompts": Case(check_suite("prompts", 4)),
+    "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
+    "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
+    "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", ("no_attack", "random_tokens", "unlearndiff"))),
     'python -m robustbench_peft eval --suite diffusion --set diffusion.task=sd-object --set \'diffusion.task_options={"model": "CompVis/stable-diffusion-v1-4", "forget": "church"}\' --set \'diffusion.unlearners=["esd"]\' --set \'diffusion.attacks=["unlearndiff"]\'': Case(
         not_here="not run offline: downloads Stable Diffusion v1-4 and the ResNet-50 judge"),
     "python -m robustbench_peft eval --task cifar10 --data-dir ~/data/cifar10 --model robustbench:cifar10/Linf/Carmon2019Unlabeled --attack autoattack:version=standard --n 1000 --batch-size 250": Case(
@@ -293,10 +298,10 @@ CASES: dict[str, Case] = {
         check_hub("timm:", "pgd", 500), setup=_setup_timm),
     "python -m robustbench_peft eval --task cifar10 --data-dir ~/data/cifar10 --model open_clip:ViT-B-32/laion2b_s34b_b79k --attack pgd:steps=20 --n 500": Case(
         check_hub("open_clip:", "pgd", 500), setup=_setup_open_clip),
-    "python -m robustbench_peft verify reports/claims/ --junit junit.xml [--out DIR] [--threads 1]": Case(check_verify, long=True, setup=_setup_verify),
-    "python -m robustbench_peft submit reports/runs/X --out submissions/ [--card card.json] [--min-n 100]": Case(check_submission, long=True, setup=_setup_submission),
-    "python -m robustbench_peft leaderboard submissions/ reports/runs/ --out site/": Case(check_leaderboard, long=True, setup=_setup_leaderboard),
-    "torchrun --standalone --nproc_per_node=4 -m robustbench_peft eval --suite full --num-examples 540 --chunk-size 135 --out reports/runs/full": Case(check_torchrun, long=True),
+    "python -m robustbench_peft verify reports/claims/ --junit junit.xml [--out DIR] [--threads 1]": Case(check_verify, setup=_setup_verify),
+    "python -m robustbench_peft submit reports/runs/X --out submissions/ [--card card.json] [--min-n 100]": Case(check_submission, setup=_setup_submission),
+    "python -m robustbench_peft leaderboard submissions/ reports/runs/ --out site/": Case(check_leaderboard, setup=_setup_leaderboard),
+    "torchrun --standalone --nproc_per_node=4 -m robustbench_peft eval --suite full --num-examples 540 --chunk-size 135 --out reports/runs/full": Case(check_torchrun, tier="budget"),
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 --rdzv_id=eval-full -m robustbench_peft eval --suite full --device cuda --chunk-size 32 --out /shared/runs/full": Case(
         not_here="not run here: two machines with 8 GPUs each"),
 }
@@ -335,8 +340,8 @@ def test_the_readme_test_command_is_what_ci_runs(workdir):
     check_test_command_is_ci(workdir, None)
 
 
-def _params(long: bool) -> list:
-    return [pytest.param(c, id=re.sub(r"[^\w.:=-]+", "_", c)[:90]) for c, case in CASES.items() if case.check is not None and case.long == long]
+def _params(tier: str) -> list:
+    return [pytest.param(c, id=re.sub(r"[^\w.:=-]+", "_", c)[:90]) for c, case in CASES.items() if case.check is not None and case.tier == tier]
 
 
 def _run_case(workdir: Workdir, command: str) -> None:
@@ -346,14 +351,20 @@ def _run_case(workdir: Workdir, command: str) -> None:
     case.check(workdir, workdir.ok(line))
 
 
-@pytest.mark.parametrize("command", _params(long=False))
+@pytest.mark.parametrize("command", _params("fast"))
 def test_readme_command(workdir, command):
     _run_case(workdir, command)
 
 
 @pytest.mark.readme
-@pytest.mark.parametrize("command", _params(long=True))
+@pytest.mark.parametrize("command", _params("readme"))
 def test_long_readme_command(workdir, command):
+    _run_case(workdir, command)
+
+
+@pytest.mark.budget
+@pytest.mark.parametrize("command", _params("budget"))
+def test_leaderboard_budget_readme_command(workdir, command):
     _run_case(workdir, command)
 
 
