@@ -15,15 +15,15 @@ import copy
 import hashlib
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 
 from .cache import cached_tensors, state_dict_sha256
 from .config import Configurable, PluginConfig, option, require
 from .targets import ClassifierTarget
+from .threads import torch_threads
 from .task import ClassificationTask
 
 #: Bump when an unlearner's code changes meaning, so stale cache entries are not reused.
@@ -121,24 +121,6 @@ class UnlearnResult:
     sha256: str
     cached: bool
     details: dict[str, float] = field(default_factory=dict)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (0 keeps the current setting).
-
-    One thread is both faster for these small models on a shared CPU and makes
-    the numbers independent of the machine's core count.
-    """
-    if n <= 0:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def trainable_copy(original: ClassifierTarget) -> ClassifierTarget:

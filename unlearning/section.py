@@ -22,9 +22,9 @@ from robustbench_peft.section import Section, SectionResult, register_section
 from robustbench_peft.suite import Suite, name_list, section_settings
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
+from robustbench_peft.threads import torch_threads
+from robustbench_peft.unlearner import Unlearner
 
-from . import baselines, salun  # noqa: F401  (registers the unlearners)
-from .base import Unlearner, torch_threads
 from .metrics import GAP_METRICS, avg_gap, evaluate
 from .scenarios import SCENARIOS, ForgetScenario, make_scenario
 from .view import section_plot, section_tables
