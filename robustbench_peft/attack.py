@@ -23,12 +23,13 @@ whole budget. A returned input that still breaks the contract after projection
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -159,8 +160,8 @@ class Attack(Configurable, ABC):
 
     def __init__(self, config: AttackConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        #: The batch size a call fell back to after running out of memory: later calls start
-        #: there instead of running out again (the configured size otherwise).
+        #: The largest batch size known to fit, once a call ran out of memory with a larger
+        #: one: later calls start there instead of running out again.
         self._fitting_batch: int | None = None
 
     @property
@@ -180,7 +181,7 @@ class Attack(Configurable, ABC):
 
     @property
     def batch_size(self) -> int:
-        """Samples crafted at once: the configured number, or the one a call fell back to."""
+        """Samples crafted at once: the configured number, or less once it ran out of memory."""
         return self._fitting_batch or self.config.batch_size
 
     @classmethod
@@ -224,6 +225,12 @@ class Attack(Configurable, ABC):
         samples standing, what :meth:`perturb` returned in :class:`Crafted`) over ``n`` samples."""
         return {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        #: Whether ``perturb`` takes the call's ``batch_size`` (one written without it reads
+        #: :attr:`batch_size`, which follows the out-of-memory back-off too).
+        cls._perturb_takes_batch_size = "batch_size" in inspect.signature(cls.perturb).parameters
+
     # -- the contract ----------------------------------------------------------------
     def __call__(
         self,
@@ -253,8 +260,8 @@ class Attack(Configurable, ABC):
         generator = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
         adaptive = craft is target or same_function
         referee = Referee(target, self.kappa) if adaptive else None
-        batch = _Backoff(self.name, self.batch_size)
-        correct = target.predict(x, batch.size) == y
+        size = self.batch_size  # this call's; halved while out of memory
+        correct = target.predict(x, size) == y
         best = x.clone()
         order = sorted(range(len(eps_values)), key=lambda i: eps_values[i])
         rows: dict[int, torch.Tensor] = {}
@@ -269,7 +276,7 @@ class Attack(Configurable, ABC):
             confirmed_before = referee.confirmed if referee is not None else 0
             if len(standing):
                 with crafting_autocast(craft.device, self.amp):
-                    crafted = batch.run(lambda size: self.perturb(craft, x[standing], y[standing], eps, generator, referee=referee, batch_size=size), generator)
+                    crafted, size = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator, referee, size)
                 candidates = crafted.x_adv.detach().cpu()
                 records[eps] = crafted.record
                 if candidates.shape != x[standing].shape:
@@ -282,15 +289,13 @@ class Attack(Configurable, ABC):
                 best[bad] = x[bad]  # never score an input outside the threat model
                 warnings.warn(f"{self.name} at eps={eps}: {int(bad.sum())} inputs outside the threat model after projection: {invalid[i]}; scored as the clean inputs", RuntimeWarning, stacklevel=2)
             x_adv = best.clone()
-            correct = target.predict(x_adv, batch.size) == y  # re-measured on what is returned
+            correct = target.predict(x_adv, size) == y  # re-measured on what is returned
             if referee is not None and len(standing):
                 newly_broken = int((~correct[standing]).sum())
                 unconfirmed += max(0, referee.confirmed - confirmed_before - newly_broken)
             rows[i], advs[i] = correct.clone(), x_adv
             bar.update(1)
         bar.close()
-        if batch.size < self.batch_size:
-            self._fitting_batch = batch.size
         details = self.details(records, eps_values, len(x))
         if referee is not None:
             details = {**details, "referee": {**referee.record(), "unconfirmed_on_remeasure": unconfirmed}}
@@ -309,6 +314,24 @@ class Attack(Configurable, ABC):
             standard=self.standard,
         )
 
+    def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None, size: int) -> tuple[Crafted, int]:
+        """``perturb`` at batch size ``size``, halved on out-of-memory until it fits (or 1 fails);
+        the candidates and the size that fitted. The generator restarts from the same state."""
+        while True:
+            state = generator.get_state()
+            try:
+                sized = {"batch_size": size} if self._perturb_takes_batch_size else {}
+                out = self.perturb(model, x, y, eps, generator, referee=referee, **sized)
+                return (out if isinstance(out, Crafted) else Crafted(out)), size
+            except (torch.OutOfMemoryError, MemoryError) as exc:
+                if size <= 1:
+                    raise UserError(f"{self.name}: out of memory even with batch size 1: {exc}") from None
+                size = self._fitting_batch = max(1, size // 2)
+                generator.set_state(state)
+                warnings.warn(f"{self.name}: out of memory; retrying with batch size {size}", RuntimeWarning, stacklevel=3)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
 
 @dataclass(frozen=True)
 class Effort:
@@ -320,25 +343,3 @@ class Effort:
     loss: str = "ce"
     #: One step of the whole eps from the clean input (no random start).
     single_step: bool = False
-
-
-class _Backoff:
-    """The batch size of one call, halved on out-of-memory until ``perturb`` fits (or 1 fails)."""
-
-    def __init__(self, name: str, size: int) -> None:
-        self.name, self.size = name, size
-
-    def run(self, perturb: Callable[[int], "torch.Tensor | Crafted"], generator: torch.Generator) -> Crafted:
-        while True:
-            state = generator.get_state()
-            try:
-                out = perturb(self.size)
-                return out if isinstance(out, Crafted) else Crafted(out)
-            except (torch.OutOfMemoryError, MemoryError) as exc:
-                if self.size <= 1:
-                    raise UserError(f"{self.name}: out of memory even with batch size 1: {exc}") from None
-                self.size = max(1, self.size // 2)
-                generator.set_state(state)
-                warnings.warn(f"{self.name}: out of memory; retrying with batch size {self.size}", RuntimeWarning, stacklevel=3)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
