@@ -164,6 +164,12 @@ class Attack(Configurable, ABC):
         #: one: later calls start there instead of running out again.
         self._fitting_batch: int | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        #: Whether ``perturb`` takes the call's ``batch_size`` (one written without it reads
+        #: :attr:`batch_size`, which follows the out-of-memory back-off too).
+        cls._perturb_takes_batch_size = "batch_size" in inspect.signature(cls.perturb).parameters
+
     @property
     def norm(self) -> str:
         return self.config.norm
@@ -224,12 +230,6 @@ class Attack(Configurable, ABC):
         """Attack-specific extras for the report from one call's ``records`` (per eps that had
         samples standing, what :meth:`perturb` returned in :class:`Crafted`) over ``n`` samples."""
         return {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        #: Whether ``perturb`` takes the call's ``batch_size`` (one written without it reads
-        #: :attr:`batch_size`, which follows the out-of-memory back-off too).
-        cls._perturb_takes_batch_size = "batch_size" in inspect.signature(cls.perturb).parameters
 
     # -- the contract ----------------------------------------------------------------
     def __call__(
