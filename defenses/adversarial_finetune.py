@@ -89,7 +89,6 @@ def _wrap(base: ClassifierTarget, model: torch.nn.Module, scope: str, layout: La
         preprocess=copy.deepcopy(base.preprocess),
         name=base.name,
         is_stochastic=base.is_stochastic,
-        differentiable=base.differentiable,
         forward_passes=base.forward_passes,
     )
     target.scope, target.head_module, target.settings = scope, layout.head, settings

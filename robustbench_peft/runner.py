@@ -19,7 +19,6 @@ from .checkpoint import CheckpointStore, chunk_seed, merge_results
 from .defense import Defense, FittedDefense
 from .errors import UserError
 from .options import PluginSpec, build
-from .precision import AMP_DTYPES
 from .registry import ATTACKS, DEFENSES, TASKS
 from .records import AttackRecord, RunRecord, bits
 from .report import Report, environment
@@ -31,7 +30,7 @@ from .worst_case import copy as copy_worst
 from .worst_case import fold_into, worst_case
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreparedAttack:
     """An attack built from its spec, with the runner-level options split off."""
 
@@ -51,7 +50,6 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     n = options.pop("n", None)
     mode = str(options.pop("mode", "adaptive"))
     eps_option = options.pop("eps", None)
-    amp = str(options.pop("amp", "off"))
     eps = validate_eps(str(eps_option).split("+")) if eps_option is not None else None
     if mode not in MODES:
         raise UserError(f"attack {spec.label()}: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -65,10 +63,7 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     options.setdefault("seed", seed)
     options.setdefault("batch_size", batch_size)
     options.setdefault("progress", progress)
-    if amp not in AMP_DTYPES:
-        raise UserError(f"attack {spec.label()}: amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-    attack = build(ATTACKS.get(spec.name).factory, options, owner=f"attack {spec.name}")
-    attack.amp = amp
+    attack = build(factory, options, owner=f"attack {spec.name}")
     return PreparedAttack(spec, attack, n, mode, eps)
 
 
@@ -216,8 +211,8 @@ class Runner:
                 continue
             result = self.store.load_chunk(f"{key}-c{c}")
             if result is None:
-                attack.seed = chunk_seed(self.suite.seed if "seed" not in prepared.spec.options else int(prepared.spec.options["seed"]), c)
-                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft, same_function=same_function)
+                seed = chunk_seed(attack.seed, c)  # the spec's seed, else the suite's
+                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft, same_function=same_function, seed=seed)
                 self.store.save_chunk(f"{key}-c{c}", result)
             chunks[c] = result
         return merge_results(distributed.gather_chunks(chunks, len(starts), strip=lambda r: replace(r, x_adv=[])), seed=self.suite.seed)

@@ -38,8 +38,7 @@ def recorded(cnn):
 def test_bf16_crafting_is_scored_in_float32(recorded, small_batch):
     wrapper, target = recorded
     x, y = small_batch
-    attack = PGD(steps=5, progress=False)
-    attack.amp = "bf16"
+    attack = PGD(steps=5, progress=False, amp="bf16")
     result = attack(target, x, y, [0.1])
     autocast_flags = [on for on, _ in wrapper.seen]
     assert autocast_flags[0] is False and autocast_flags[-1] is False  # clean prediction and re-measurement
