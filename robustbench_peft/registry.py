@@ -92,6 +92,9 @@ class Registry:
             known = sorted(self._entries)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            elsewhere = [r.kind for r in ALL_REGISTRIES if r is not self and name in r._entries]
+            if elsewhere:
+                hint = f" {name!r} is registered as a {' and as a '.join(elsewhere)} instead."
             raise UserError(
                 f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or 'none'} "
                 f"(see `python -m robustbench_peft list`)."

@@ -44,8 +44,6 @@ class PreparedAttack:
 
 def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool) -> PreparedAttack:
     factory = ATTACKS.get(spec.name).factory
-    if isinstance(factory, type) and not issubclass(factory, Attack):
-        raise UserError(f"attack {spec.name!r} attacks text-to-image models, not classifiers: run it in the diffusion section (--suite diffusion)")
     options = dict(spec.options)
     n = options.pop("n", None)
     mode = str(options.pop("mode", "adaptive"))
