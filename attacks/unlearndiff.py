@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from robustbench_peft.errors import UserError
-from robustbench_peft.registry import register_attack
-from robustbench_peft.t2i.attack_base import PromptItem, T2IAttack
-from robustbench_peft.t2i.simplex import project_simplex
+from robustbench_peft.registry import register_prompt_attack
+from robustbench_peft.t2i.attack_base import PromptAttack
 from robustbench_peft.t2i.target import TextToImageTarget
+
+from .simplex import project_simplex
 
 
 def insert_slots(target: TextToImageTarget, prompt: str, k: int) -> tuple[torch.Tensor, list[int]]:
@@ -51,8 +52,8 @@ def adversarial_text(target: TextToImageTarget, ids: torch.Tensor) -> str:
     return target.decode(ids[0])
 
 
-@register_attack("no_attack")
-class NoAttack(T2IAttack):
+@register_prompt_attack("no_attack")
+class NoAttack(PromptAttack):
     """The plain prompt, judged as is: its success rate is the pre-attack ASR."""
 
     name = "no_attack"
@@ -64,8 +65,8 @@ class NoAttack(T2IAttack):
         return item.prompt, 0, {"k": 0}
 
 
-@register_attack("random_tokens")
-class RandomTokens(T2IAttack):
+@register_prompt_attack("random_tokens")
+class RandomTokens(PromptAttack):
     """Baseline: k uniformly drawn tokens at UnlearnDiff's position; several seeded draws, each judged."""
 
     name = "random_tokens"
@@ -88,8 +89,8 @@ class RandomTokens(T2IAttack):
         return text, self.trials, {"k": self.k, "tokens": ids[0, slots].tolist()}
 
 
-@register_attack("unlearndiff")
-class UnlearnDiff(T2IAttack):
+@register_prompt_attack("unlearndiff")
+class UnlearnDiff(PromptAttack):
     """UnlearnDiff: k relaxed tokens, straight-through one-hot, Adam + simplex projection, judged per timestep."""
 
     name = "unlearndiff"

@@ -11,6 +11,13 @@ The fitted defense keeps the untouched public base next to it, so the runner's
 ``mode=nonadaptive`` attacks are the downstream-transfer threat: adversarial
 examples crafted on the public pre-trained weights, replayed on the fine-tuned model.
 
+The options come in three groups, one config class each: what is trained and
+for how long (:class:`FineTuneTraining`), the training adversary
+(:class:`AdversaryOptions`) and the scopes' own settings
+(:class:`~defenses.scopes.ScopeSettings`); on the command line they stay flat
+(``advft:scope=lora,epochs=2,rank=4``). The layers an adapter went on are decided
+by the fit and recorded in the :class:`FittedDefense`, never in the config.
+
 Trained tensors are cached by a recipe that holds the base weights' sha256, the
 data and every hyper-parameter. ``save_adapter`` / ``load_adapter`` export them;
 peft scopes use peft's own format (``PeftModel.save_pretrained``).
@@ -22,15 +29,16 @@ import copy
 import importlib.metadata
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from robustbench_peft import precision
 from robustbench_peft.atomic import write_json_atomic
 from robustbench_peft.cache import cached_tensors, state_dict_sha256
+from robustbench_peft.config import PluginConfig, option, require
 from robustbench_peft.defense import Defense, DefenseCost, FittedDefense
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_defense
@@ -81,7 +89,6 @@ def _wrap(base: ClassifierTarget, model: torch.nn.Module, scope: str, layout: La
         preprocess=copy.deepcopy(base.preprocess),
         name=base.name,
         is_stochastic=base.is_stochastic,
-        differentiable=base.differentiable,
         forward_passes=base.forward_passes,
     )
     target.scope, target.head_module, target.settings = scope, layout.head, settings
@@ -143,77 +150,77 @@ def _choice(value: str, options: dict, what: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class FineTuneTraining(PluginConfig):
+    """What is trained, on how much data, for how long."""
+
+    scope: str = option("lora", "what is trained: full, linear (the head), or a peft adapter (lora, fourierft, c3a)")
+    epochs: int = option(10, "training epochs")
+    lr: float | None = option(None, "Adam learning rate; None: the scope's default (1e-3 for full, 1e-2 otherwise)")
+    batch_size: int = option(64, "training samples per step (>= 2)")
+    n_train: int | None = option(None, "train on the first n training samples; None: the whole training split")
+    cache: bool = option(True, "reuse tensors trained with the same recipe from the cache")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.scope, SCOPES, "scope")
+        require("advft", {
+            "epochs must be >= 1": self.epochs >= 1,
+            "lr must be > 0 (None: the scope's default)": self.lr is None or self.lr > 0,
+            "batch_size must be >= 2": self.batch_size >= 2,
+            "n_train must be >= 1 (None: the whole training split)": self.n_train is None or self.n_train >= 1,
+        })
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else SCOPES[self.scope].default_lr
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored in reports, with the learning rate the scope's default resolves to."""
+        return {**super().to_json(), "lr": self.learning_rate}
+
+
+@dataclass(frozen=True)
+class AdversaryOptions(PluginConfig):
+    """The training objective and its adversary's threat model and budget."""
+
+    objective: str = option("pgd-at", "training objective: clean, pgd-at, trades or fgsm-rs")
+    eps: float = option(0.1, "the adversary's eps")
+    norm: str = option("Linf", "the adversary's threat model: Linf or L2")
+    steps: int = option(5, "PGD steps of the adversary (pgd-at, trades)")
+    beta: float = option(6.0, "TRADES weight of the robustness term")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.objective, OBJECTIVES, "objective")
+        check_norm(self.norm)
+        require("advft", {"eps must be > 0": self.eps > 0, "steps must be >= 1": self.steps >= 1, "beta must be >= 0": self.beta >= 0})
+
+    def adversary(self) -> AdversarySettings:
+        return AdversarySettings(eps=float(self.eps), norm=self.norm, steps=int(self.steps), beta=float(self.beta))
+
+
+@dataclass(frozen=True)
+class AdversarialFineTuneConfig(ScopeSettings, AdversaryOptions, FineTuneTraining):
+    """Options of ``advft``: training, adversary and scope settings (flat on the command line)."""
+
+    plugin: ClassVar[str] = "advft"
+
+
 @register_defense("advft")
 class AdversarialFineTune(Defense):
     """Adversarial fine-tuning (PGD-AT, TRADES, FGSM-RS): full, linear probe, or LoRA / FourierFT / C3A adapters via peft."""
 
     name = "advft"
-
-    def __init__(
-        self,
-        scope: str = "lora",
-        objective: str = "pgd-at",
-        eps: float = 0.1,
-        norm: str = "Linf",
-        steps: int = 5,
-        beta: float = 6.0,
-        epochs: int = 10,
-        lr: float = 0.0,
-        batch_size: int = 64,
-        rank: int = 4,
-        head: bool = True,
-        n_frequency: int = 1000,
-        scaling: float = 150.0,
-        block_size: int = 0,
-        n_train: int = 0,
-        cache: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(seed=seed)
-        self.scope = _choice(scope, SCOPES, "scope")
-        self.objective = _choice(objective, OBJECTIVES, "objective")
-        checks = {
-            "eps must be > 0": eps > 0,
-            "steps must be >= 1": steps >= 1,
-            "beta must be >= 0": beta >= 0,
-            "epochs must be >= 1": epochs >= 1,
-            "lr must be >= 0 (0 picks the scope's default)": lr >= 0,
-            "batch_size must be >= 2": batch_size >= 2,
-            "rank must be >= 1": rank >= 1,
-            "n_frequency must be >= 1": n_frequency >= 1,
-            "block_size must be >= 0 (0 picks the largest divisor of each layer)": block_size >= 0,
-            "n_train must be >= 0 (0 uses the whole training split)": n_train >= 0,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise UserError("advft: " + "; ".join(failed))
-        self.adversary = AdversarySettings(eps=float(eps), norm=check_norm(norm), steps=int(steps), beta=float(beta))
-        self.scope_settings = ScopeSettings(int(rank), bool(head), int(n_frequency), float(scaling), int(block_size), int(seed))
-        self.epochs, self.batch_size, self.n_train = int(epochs), int(batch_size), int(n_train)
-        self.lr = float(lr) or SCOPES[self.scope].default_lr
-        self.cache = bool(cache)
-        self.fit_info: dict[str, Any] = {}
+    config_class = AdversarialFineTuneConfig
+    config: AdversarialFineTuneConfig
 
     def label(self) -> str:
-        return f"advft-{self.scope}-{self.objective}"
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "scope": self.scope,
-            "objective": self.objective,
-            **asdict(self.adversary),
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            **{k: v for k, v in asdict(self.scope_settings).items() if k != "seed"},
-            "n_train": self.n_train,
-            "seed": self.seed,
-            **self.fit_info,
-        }
+        return f"advft-{self.config.scope}-{self.config.objective}"
 
     def recipe(self, base: ClassifierTarget, task: ClassificationTask, layout: Layout, adapted: list[str]) -> dict[str, Any]:
         """Everything that determines the trained tensors (the cache key)."""
-        options = {k: v for k, v in self.config().items() if k not in self.fit_info}
+        options = {k: v for k, v in self.config.to_json().items() if k != "cache"}
         return {
             "defense": self.name,
             "version": ADVFT_VERSION,
@@ -228,34 +235,39 @@ class AdversarialFineTune(Defense):
         }
 
     def fit(self, base: ClassifierTarget, task: ClassificationTask) -> FittedDefense:
+        config = self.config
         x, y = task.x_train, task.y_train
-        if self.n_train:
-            x, y = x[: self.n_train], y[: self.n_train]
+        if config.n_train is not None:
+            x, y = x[: config.n_train], y[: config.n_train]
         base.check_input(x[:2])
-        scope = SCOPES[self.scope]
+        scope = SCOPES[config.scope]
+        settings = config.scope_settings()
         layout = find_layout(base.model, base.n_classes)
         model = copy.deepcopy(base.model).requires_grad_(False)
-        attached = scope.attach(model, layout, self.scope_settings)
+        attached = scope.attach(model, layout, settings)
         n_trainable = sum(p.numel() for p in attached.model.parameters() if p.requires_grad)
-        target = _wrap(base, attached.model, self.scope, layout, self.scope_settings)
+        target = _wrap(base, attached.model, config.scope, layout, settings)
 
         def train() -> dict[str, torch.Tensor]:
             start = time.perf_counter()
             cuda = [target.device] if target.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(self.seed)  # dropout and other global-RNG layers in training mode
-                train_epochs(target, OBJECTIVES[self.objective], self.adversary, x, y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, train_mode=scope.train_mode)
+                torch.manual_seed(config.seed)  # dropout and other global-RNG layers in training mode
+                train_epochs(
+                    target, OBJECTIVES[config.objective], config.adversary(), x, y,
+                    epochs=config.epochs, lr=config.learning_rate, batch_size=config.batch_size, seed=config.seed, train_mode=scope.train_mode,
+                )
             seconds = time.perf_counter() - start
             return {**scope.shipped(target.model, layout), FIT_SECONDS_KEY: torch.tensor(seconds, dtype=torch.float64)}
 
         recipe = self.recipe(base, task, layout, attached.adapted)
-        stored = cached_tensors(CACHE_KIND, recipe, train) if self.cache else train()
+        stored = cached_tensors(CACHE_KIND, recipe, train) if config.cache else train()
         fit_seconds = float(stored.pop(FIT_SECONDS_KEY))
         scope.restore(target.model, layout, {k: v.to(target.device) for k, v in stored.items()})
         target.requires_grad_(False).eval()
-        self.fit_info = {"adapted_modules": attached.adapted, "head_module": layout.head, **({"note": attached.note} if attached.note else {})}
+        details = {"adapted_modules": attached.adapted, "head_module": layout.head, **({"note": attached.note} if attached.note else {})}
         cost = DefenseCost(trainable_parameters=n_trainable, stored_bytes=tensor_bytes(stored), fit_seconds=round(fit_seconds, 3))
-        return FittedDefense(target=target, base=base, cost=cost, sha256=weights_sha256(stored))
+        return FittedDefense(target=target, base=base, cost=cost, sha256=weights_sha256(stored), details=details)
 
 
 def save_adapter(fitted: FittedDefense, directory: str | Path) -> Path:
@@ -291,7 +303,8 @@ def load_adapter(base: ClassifierTarget, directory: str | Path) -> AdaptedTarget
     layout = find_layout(base.model, base.n_classes)
     if layout.head != manifest.get("head_module"):
         raise UserError(f"the adapter's head module {manifest.get('head_module')!r} is not this model's head {layout.head!r}")
-    settings = ScopeSettings(**manifest.get("settings", {}))
+    saved = manifest.get("settings", {})
+    settings = ScopeSettings(**{**saved, "block_size": saved.get("block_size") or None})  # 0 meant None in older folders
     model = copy.deepcopy(base.model).requires_grad_(False)
     loaded = SCOPES[scope_name].load(model, layout, settings, directory)
     return _wrap(base, loaded, scope_name, layout, settings).requires_grad_(False)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_peft.threat_model import project, random_start
+from robustbench_peft.threat_model import pgd_step, project, random_start
 
 #: Step size of the training PGD relative to eps / steps (the same rule as the pgd attack's default).
 PGD_REL_STEP = 2.5
@@ -51,31 +51,31 @@ def crafting(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def ascent_step(grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
-    """The steepest-ascent step of length ``alpha`` in the threat model's norm."""
-    if norm == "Linf":
-        return alpha * grad.sign()
-    flat = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-    return alpha * grad / flat
-
-
-def _maximise(
-    model: nn.Module,
+def projected_ascent(
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     start: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    settings: AdversarySettings,
+    eps: float,
+    norm: str,
     steps: int,
     alpha: float,
 ) -> torch.Tensor:
-    """Projected gradient ascent of ``loss_fn(logits)`` from ``start`` inside the eps-ball of ``x``."""
+    """``steps`` PGD steps on the scalar ``loss_of(x_adv)`` from ``start`` inside the eps-ball of ``x``.
+
+    The training-time adversaries' loop (every sample takes every step); the step and
+    the projection are the evaluation PGD's own (:func:`~robustbench_peft.threat_model.pgd_step`)."""
     x_adv = start.detach()
-    with crafting(model):
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            grad = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)[0]
-            x_adv = project(x, x_adv.detach() + ascent_step(grad, alpha, settings.norm), settings.eps, settings.norm).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad = torch.autograd.grad(loss_of(x_adv), x_adv)[0]
+        x_adv = pgd_step(x, x_adv.detach(), grad, alpha, eps, norm).detach()
     return x_adv
+
+
+def _maximise(model: nn.Module, x: torch.Tensor, start: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], settings: AdversarySettings, steps: int, alpha: float) -> torch.Tensor:
+    """Projected gradient ascent of ``loss_fn(logits)`` in eval mode (see :func:`crafting`)."""
+    with crafting(model):
+        return projected_ascent(lambda x_adv: loss_fn(model(x_adv)), x, start, settings.eps, settings.norm, steps, alpha)
 
 
 def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AdversarySettings, generator: torch.Generator) -> torch.Tensor:

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from robustbench_peft import precision
 from robustbench_peft.errors import UserError
 from robustbench_peft.targets import ClassifierTarget
-from robustbench_peft.threat_model import project, random_start
+from robustbench_peft.threat_model import random_start
 
+from .objectives import projected_ascent
 from .prompts import apply_prompt, border_mask
 
 INTER_PROMPT_TERMS = ("l1", "l2", "l3")
@@ -123,13 +124,8 @@ def pgd_on_prompted(
 ) -> torch.Tensor:
     """Linf PGD with random start against ``f(clip(x' + delta * M))`` (delta fixed, per sample)."""
     delta = delta.detach()
-    x_adv = random_start(x, eps, "Linf", generator)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(apply_prompt(x_adv, delta, mask)), y, reduction="sum")
-        grad = torch.autograd.grad(loss, x_adv)[0]
-        x_adv = project(x, x_adv.detach() + step_size * grad.sign(), eps, "Linf")
-    return x_adv.detach()
+    start = random_start(x, eps, "Linf", generator)
+    return projected_ascent(lambda x_adv: F.cross_entropy(model(apply_prompt(x_adv, delta, mask)), y, reduction="sum"), x, start, eps, "Linf", steps, step_size)
 
 
 def batch_loss(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from robustbench_peft.cache import load_verified, save_tensors
+from robustbench_peft.config import option, require
+from robustbench_peft.defense import DefenseConfig
 from robustbench_peft.errors import UserError
 
 #: Layer types an adapter can attach to.
@@ -56,15 +58,26 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class ScopeSettings:
+class ScopeSettings(DefenseConfig):
     """Options of the scopes: LoRA rank, FourierFT frequencies and scaling, C3A block size."""
 
-    rank: int = 4
-    head: bool = True
-    n_frequency: int = 1000
-    scaling: float = 150.0
-    block_size: int = 0
-    seed: int = 0
+    rank: int = option(4, "LoRA rank (scope=lora)")
+    head: bool = option(True, "keep the classification head trainable in every scope")
+    n_frequency: int = option(1000, "spectral coefficients per layer (scope=fourierft)")
+    scaling: float = option(150.0, "FourierFT scaling (scope=fourierft)")
+    block_size: int | None = option(None, "C3A block size (scope=c3a); None: the largest divisor of both sides of each layer")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require("advft", {
+            "rank must be >= 1": self.rank >= 1,
+            "n_frequency must be >= 1": self.n_frequency >= 1,
+            "block_size must be >= 1 (None: the largest divisor of each layer)": self.block_size is None or self.block_size >= 1,
+        })
+
+    def scope_settings(self) -> "ScopeSettings":
+        """Only these fields (a config built on them keeps its other options to itself)."""
+        return ScopeSettings(**{f.name: getattr(self, f.name) for f in fields(ScopeSettings)})
 
 
 @dataclass

@@ -12,24 +12,30 @@ the original C-AVP evaluation reported. Attacks get straight-through
 gradients of the prompt's [0,1] clip (``bpda=true``, predictions unchanged);
 ``bpda=false`` exposes the exact, partly masked, gradients. Trained prompts
 are cached by a recipe hash that includes the base model's weights sha256 and every hyper-parameter.
+
+The three configs share their fields by inheritance: the training recipe of
+``vp``, plus the adversary for ``uavp``, plus the inter-prompt terms for ``cavp``;
+``bpda`` (how attacks see the fitted target, not part of the recipe) comes last.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
 from robustbench_peft import precision
 from robustbench_peft.cache import cached_tensors
-from robustbench_peft.defense import Defense, DefenseCost, FittedDefense
+from robustbench_peft.config import option, require
+from robustbench_peft.defense import Defense, DefenseConfig, DefenseCost, FittedDefense
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_defense
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
 
-from .prompt_training import PromptRecipe, parse_terms, train_prompts
+from .prompt_training import INTER_PROMPT_TERMS, PromptRecipe, parse_terms, train_prompts
 from .prompts import build_target, load_prompts, save_prompts, serialize_prompts
 
 __all__ = ["VisualPrompt", "UniversalAdversarialPrompt", "ClasswiseAdversarialPrompt", "save_prompts", "load_prompts"]
@@ -37,13 +43,13 @@ __all__ = ["VisualPrompt", "UniversalAdversarialPrompt", "ClasswiseAdversarialPr
 #: Bump when the prompt training code changes meaning, so cached prompts are rebuilt.
 PROMPT_CODE_VERSION = 1
 CACHE_KIND = "visual-prompts"
-DEFAULT_BORDER = 2
-DEFAULT_EPOCHS = 10
+#: Recipe values of the options a defense does not have (no adversary, no inter-prompt terms).
+NEUTRAL = {"eps": 0.0, "steps": 0, "rel_step_size": 0.0, "beta": 0.0, "tau": 0.0, "terms": ()}
 
 
-def resolve_train_eps(eps: float, task: ClassificationTask) -> float:
-    """``eps > 0`` as given; ``0`` picks the middle of the task's default Linf eps list (0.1 on digits)."""
-    if eps > 0:
+def resolve_train_eps(eps: float | None, task: ClassificationTask) -> float:
+    """``eps`` as given; ``None`` picks the middle of the task's default Linf eps list (0.1 on digits)."""
+    if eps is not None:
         return float(eps)
     values = sorted(task.default_eps.get("Linf") or [])
     if not values:
@@ -58,62 +64,120 @@ def _option_text(value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class PromptTraining(DefenseConfig):
+    """The training recipe every visual prompt has: border, budget and SGD."""
+
+    #: The plug-in named in validation errors (set by each defense's config).
+    plugin: ClassVar[str] = "visual prompt"
+
+    border: int = option(2, "width in pixels of the prompted image border")
+    epochs: int = option(10, "training epochs (0 leaves the prompt at zero)")
+    batch_size: int = option(128, "training samples per step")
+    lr: float = option(0.1, "SGD learning rate (cosine decay per step)")
+    momentum: float = option(0.9, "SGD momentum, in [0, 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.plugin, {
+            "border must be >= 1": self.border >= 1,
+            "epochs must be >= 0": self.epochs >= 0,
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "lr must be > 0": self.lr > 0,
+            "momentum must be in [0, 1)": 0 <= self.momentum < 1,
+        })
+
+    def recipe_fields(self, task: ClassificationTask) -> dict[str, Any]:
+        """This config's part of the :class:`PromptRecipe` (options it lacks keep :data:`NEUTRAL` values)."""
+        return {**NEUTRAL, "border": self.border, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum}
+
+
+@dataclass(frozen=True)
+class AdversarialPromptTraining(PromptTraining):
+    """Adds the training adversary: Linf PGD with random start against the prompted model."""
+
+    eps: float | None = option(None, "training Linf eps; None: the middle of the task's default Linf eps list")
+    steps: int = option(10, "PGD steps of the training adversary")
+    rel_step_size: float = option(0.25, "PGD step size relative to eps")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.plugin, {
+            "eps must be > 0 (None: the task's default)": self.eps is None or self.eps > 0,
+            "steps must be >= 1": self.steps >= 1,
+            "rel_step_size must be > 0": self.rel_step_size > 0,
+        })
+
+    def recipe_fields(self, task: ClassificationTask) -> dict[str, Any]:
+        return {**super().recipe_fields(task), "eps": resolve_train_eps(self.eps, task), "steps": self.steps, "rel_step_size": self.rel_step_size}
+
+
+@dataclass(frozen=True)
+class ClasswisePromptTraining(AdversarialPromptTraining):
+    """Adds C-AVP's inter-prompt hinge terms between the per-class prompts."""
+
+    beta: float = option(3.0, "weight of the inter-prompt terms")
+    tau: float = option(0.1, "margin of the inter-prompt hinge terms")
+    terms: tuple[str, ...] = option(INTER_PROMPT_TERMS, "inter-prompt terms, a '+'-list of l1, l2, l3, or none")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "terms", parse_terms(self.terms))
+        super().__post_init__()
+        require(self.plugin, {"beta must be >= 0": self.beta >= 0, "tau must be >= 0": self.tau >= 0})
+
+    def recipe_fields(self, task: ClassificationTask) -> dict[str, Any]:
+        return {**super().recipe_fields(task), "beta": self.beta, "tau": self.tau, "terms": self.terms}
+
+
+@dataclass(frozen=True)
+class PromptGradient(DefenseConfig):
+    """How attacks see the fitted target (not part of the training recipe)."""
+
+    bpda: bool = option(True, "straight-through gradient of the prompt's [0,1] clip for attacks (predictions unchanged)")
+
+
+@dataclass(frozen=True)
+class VisualPromptConfig(PromptGradient, PromptTraining):
+    """Options of ``vp``."""
+
+    plugin: ClassVar[str] = "vp"
+
+
+@dataclass(frozen=True)
+class UniversalAdversarialPromptConfig(PromptGradient, AdversarialPromptTraining):
+    """Options of ``uavp``."""
+
+    plugin: ClassVar[str] = "uavp"
+
+
+@dataclass(frozen=True)
+class ClasswiseAdversarialPromptConfig(PromptGradient, ClasswisePromptTraining):
+    """Options of ``cavp``."""
+
+    plugin: ClassVar[str] = "cavp"
+
+
 class PromptDefense(Defense):
-    """Shared machinery: validation, recipe, cache, fitted target and cost."""
+    """Shared machinery: recipe, cache, fitted target and cost."""
 
     classwise = False
     adversarial = False
     #: Which prompted target the fitted prompts drive (see defenses.prompts.TARGET_KINDS).
     target_kind = "shared"
-
-    def __init__(self, seed: int = 0, **options: Any) -> None:
-        super().__init__(seed)
-        self.options = dict(options)
-        self._validate()
-        self._train_eps: float | None = None
-
-    def _validate(self) -> None:
-        o = self.options
-        checks = {
-            "border": o["border"] >= 1,
-            "epochs": o["epochs"] >= 0,
-            "batch_size": o["batch_size"] >= 1,
-            "lr": o["lr"] > 0,
-            "momentum": 0 <= o["momentum"] < 1,
-            "eps": o.get("eps", 0.0) >= 0,
-            "steps": o.get("steps", 1) >= 1,
-            "rel_step_size": o.get("rel_step_size", 1.0) > 0,
-            "beta": o.get("beta", 0.0) >= 0,
-            "tau": o.get("tau", 0.0) >= 0,
-        }
-        bad = [key for key, ok in checks.items() if not ok]
-        if bad:
-            hints = "border >= 1, epochs >= 0, batch_size >= 1, lr > 0, 0 <= momentum < 1, eps >= 0 (0 = task default), steps >= 1, rel_step_size > 0, beta >= 0, tau >= 0"
-            raise UserError(f"{self.name}: invalid option(s) {', '.join(f'{k}={o[k]}' for k in bad)}; need {hints}")
+    config: VisualPromptConfig
 
     def recipe(self, task: ClassificationTask) -> PromptRecipe:
         """The training recipe; options that do not apply to this defense keep neutral values."""
-        o = self.options
-        fields: dict[str, Any] = {key: o[key] for key in ("border", "epochs", "batch_size", "lr", "momentum")}
-        fields.update(eps=0.0, steps=0, rel_step_size=0.0, beta=0.0, tau=0.0, terms=())
-        if self.adversarial:
-            fields.update(eps=resolve_train_eps(o["eps"], task), steps=o["steps"], rel_step_size=o["rel_step_size"])
-        if self.classwise:
-            fields.update(beta=o["beta"], tau=o["tau"], terms=o["terms"])
-        return PromptRecipe(classwise=self.classwise, adversarial=self.adversarial, seed=self.seed, **fields)
-
-    def config(self) -> dict[str, Any]:
-        config = {**self.options, "seed": self.seed}
-        if "terms" in config:
-            config["terms"] = list(config["terms"]) or ["none"]
-        if self._train_eps is not None:
-            config["eps"] = self._train_eps
-        return config
+        return PromptRecipe(classwise=self.classwise, adversarial=self.adversarial, seed=self.config.seed, **self.config.recipe_fields(task))
 
     def label(self) -> str:
-        """The name plus the options that differ from their defaults (ablation runs stay apart)."""
-        defaults = type(self)().options
-        changed = [f"{key}={_option_text(value)}" for key, value in self.options.items() if value != defaults[key]]
+        """The name plus the options that differ from their defaults, seed aside (ablation runs stay apart)."""
+        defaults = self.config_class()
+        changed = [
+            f"{f.name}={_option_text(getattr(self.config, f.name))}"
+            for f in fields(self.config)
+            if f.name != "seed" and getattr(self.config, f.name) != getattr(defaults, f.name)
+        ]
         return self.name + (":" + ",".join(changed) if changed else "")
 
     def cache_key(self, base: ClassifierTarget, task: ClassificationTask, recipe: PromptRecipe) -> dict[str, Any]:
@@ -139,7 +203,6 @@ class PromptDefense(Defense):
         if tuple(base.input_shape) != tuple(task.input_shape):
             raise UserError(f"{self.name}: model {base.name} takes inputs {base.input_shape} but task {task.name} has {task.input_shape}")
         recipe = self.recipe(task)
-        self._train_eps = recipe.eps if self.adversarial else None
         key = self.cache_key(base, task, recipe)
 
         def train() -> dict[str, torch.Tensor]:
@@ -148,7 +211,7 @@ class PromptDefense(Defense):
             return {"prompts": prompts, "train_seconds": torch.tensor([time.perf_counter() - began], dtype=torch.float64)}
 
         stored = cached_tensors(CACHE_KIND, key, train)
-        target = build_target(base, self.target_kind, stored["prompts"].float(), recipe.border, name=f"{base.name}+{self.label()}", straight_through=self.options["bpda"])
+        target = build_target(base, self.target_kind, stored["prompts"].float(), recipe.border, name=f"{base.name}+{self.label()}", straight_through=self.config.bpda)
         target = target.to(base.device).eval()
         cost = DefenseCost(
             trainable_parameters=int(target.compact_values().numel()),
@@ -156,7 +219,8 @@ class PromptDefense(Defense):
             fit_seconds=round(float(stored["train_seconds"][0]), 3),
             forward_passes=target.forward_passes,
         )
-        return FittedDefense(target=target, base=base, cost=cost, sha256=target.prompt_sha256())
+        details = {"eps": recipe.eps} if self.adversarial else {}
+        return FittedDefense(target=target, base=base, cost=cost, sha256=target.prompt_sha256(), details=details)
 
 
 @register_defense("vp")
@@ -164,9 +228,7 @@ class VisualPrompt(PromptDefense):
     """Visual prompting: one additive border prompt on a frozen model, trained on clean data."""
 
     name = "vp"
-
-    def __init__(self, border: int = DEFAULT_BORDER, epochs: int = DEFAULT_EPOCHS, batch_size: int = 128, lr: float = 0.1, momentum: float = 0.9, bpda: bool = True, seed: int = 0) -> None:
-        super().__init__(seed, border=border, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, bpda=bpda)
+    config_class = VisualPromptConfig
 
 
 @register_defense("uavp")
@@ -174,22 +236,8 @@ class UniversalAdversarialPrompt(PromptDefense):
     """U-AVP: one border prompt on a frozen model, trained adversarially (clean + PGD cross-entropy)."""
 
     name = "uavp"
+    config_class = UniversalAdversarialPromptConfig
     adversarial = True
-
-    def __init__(
-        self,
-        border: int = DEFAULT_BORDER,
-        epochs: int = DEFAULT_EPOCHS,
-        batch_size: int = 128,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        eps: float = 0.0,
-        steps: int = 10,
-        rel_step_size: float = 0.25,
-        bpda: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(seed, border=border, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, eps=eps, steps=steps, rel_step_size=rel_step_size, bpda=bpda)
 
 
 @register_defense("cavp")
@@ -197,38 +245,7 @@ class ClasswiseAdversarialPrompt(PromptDefense):
     """C-AVP: one border prompt per class, adversarial training, inter-prompt terms, diagonal prediction."""
 
     name = "cavp"
+    config_class = ClasswiseAdversarialPromptConfig
     adversarial = True
     classwise = True
     target_kind = "classwise"
-
-    def __init__(
-        self,
-        border: int = DEFAULT_BORDER,
-        epochs: int = DEFAULT_EPOCHS,
-        batch_size: int = 128,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        eps: float = 0.0,
-        steps: int = 10,
-        rel_step_size: float = 0.25,
-        beta: float = 3.0,
-        tau: float = 0.1,
-        terms: list[str] = ["l1", "l2", "l3"],  # noqa: B006 - read only; the type drives CLI parsing (a+b)
-        bpda: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            seed,
-            border=border,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            eps=eps,
-            steps=steps,
-            rel_step_size=rel_step_size,
-            beta=beta,
-            tau=tau,
-            terms=parse_terms(terms),
-            bpda=bpda,
-        )

@@ -7,6 +7,12 @@ samples not yet broken, projection onto the threat model, [0,1] clipping, a
 validity check of what is returned, and predictions re-measured on the returned
 inputs by the evaluated target.
 
+An attack is its frozen :class:`AttackConfig`; what belongs to one call lives in
+the call: its seed (the runner's per-chunk seed), generator, referee and the batch
+size it fell back to on out-of-memory. What ``perturb`` learns at one eps comes
+back with its candidates (:class:`Crafted`), and :meth:`Attack.details` turns the
+call's records into the report's details.
+
 An attack may stop working on a sample only on the word of a
 :class:`~robustbench_peft.referee.Referee` (the evaluated target in float32).
 An attack crafted on another model (non-adaptive) gets none and spends its
@@ -17,21 +23,48 @@ whole budget. A returned input that still breaks the contract after projection
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from .config import Configurable, PluginConfig, option
 from .errors import UserError
-from .precision import crafting_autocast
+from .precision import AMP_DTYPES, crafting_autocast
 from .referee import Referee
 from .targets import ClassifierTarget
 from .threat_model import broken_rules, check_norm, project
+
+
+@dataclass(frozen=True)
+class AttackConfig(PluginConfig):
+    """Options every classifier attack has."""
+
+    norm: str = option("Linf", "threat model: Linf or L2")
+    seed: int = option(0, "seed of every random choice (the runner derives one per chunk from it)")
+    batch_size: int = option(256, "samples crafted at once (halved while out of memory)")
+    progress: bool = option(True, "show a progress bar over the eps values")
+    amp: str = option("off", "autocast while crafting: off, bf16 or fp16 (accuracy is re-measured in float32 either way)")
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.amp not in AMP_DTYPES:
+            raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """``asdict``, without ``amp`` when off: only mixed precision marks a record."""
+        out = super().to_json()
+        if self.amp == "off":
+            del out["amp"]
+        return out
 
 
 class AttackValidityError(RuntimeError):
@@ -71,6 +104,16 @@ class AttackResult:
         return ~self.correct
 
 
+@dataclass(frozen=True)
+class Crafted:
+    """What :meth:`Attack.perturb` may return instead of bare candidates: the candidates and
+    what the attack learned crafting them at this eps (e.g. the accuracy after each
+    component), which the call hands to :meth:`Attack.details`."""
+
+    x_adv: torch.Tensor
+    record: Any = None
+
+
 def validate_eps(eps_list: Iterable[Any]) -> list[float]:
     """Positive finite numbers, deduplicated, in the caller's order."""
     values: list[float] = []
@@ -88,15 +131,15 @@ def validate_eps(eps_list: Iterable[Any]) -> list[float]:
     return values
 
 
-class Attack(ABC):
+class Attack(Configurable, ABC):
     """Base class of white-box, transfer and black-box classifier attacks.
 
-    Args:
-        norm: the threat model, "Linf" or "L2".
-        seed: every random choice of the attack derives from it.
-        batch_size: samples crafted at once.
+    Built from one :class:`AttackConfig` (a subclass per attack): ``PGD(steps=10)`` or
+    ``PGD(PGDConfig(steps=10))``.
     """
 
+    config_class: ClassVar[type[AttackConfig]] = AttackConfig
+    config: AttackConfig
     #: Registry name; set by subclasses.
     name: str = "attack"
     #: False for attacks whose perturbation is crafted without the evaluated pipeline.
@@ -108,40 +151,85 @@ class Attack(ABC):
     #: True for the reference evaluation a leaderboard ranks by (AutoAttack): submissions
     #: need it, and the ranked worst case is over the samples it covered.
     standard: bool = False
+    #: True for the attack the checks build their own white-box attacks from (see
+    #: :meth:`with_effort`); the checks find it by this flag, never by name.
+    check_reference: bool = False
     #: Margin the evaluated target must show (max wrong logit - true logit) before a
     #: sample counts as broken during the attack (early stop); 0 = misclassified.
     kappa: float = 0.0
-    #: Autocast while crafting ("off", "bf16", "fp16"); set by the runner option ``amp=``.
-    #: Off by default: a half-precision gradient can vanish and overstate robustness.
-    #: Accuracy is re-measured in float32 either way.
-    amp: str = "off"
 
-    def __init__(self, norm: str = "Linf", seed: int = 0, batch_size: int = 256, progress: bool = True) -> None:
-        self.norm = check_norm(norm)
-        self.seed = int(seed)
-        if int(batch_size) < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.progress = progress
+    def __init__(self, config: AttackConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        #: The largest batch size known to fit, once a call ran out of memory with a larger
+        #: one: later calls start there instead of running out again.
+        self._fitting_batch: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        #: Whether ``perturb`` takes the call's ``batch_size`` (one written without it reads
+        #: :attr:`batch_size`, which follows the out-of-memory back-off too).
+        cls._perturb_takes_batch_size = "batch_size" in inspect.signature(cls.perturb).parameters
+
+    @property
+    def norm(self) -> str:
+        return self.config.norm
+
+    @property
+    def seed(self) -> int:
+        """The configured seed; one call may be given another (the runner's per-chunk seed)."""
+        return self.config.seed
+
+    @property
+    def amp(self) -> str:
+        """Autocast while crafting ("off", "bf16", "fp16"). Off by default: a half-precision
+        gradient can vanish and overstate robustness. Accuracy is re-measured in float32."""
+        return self.config.amp
+
+    @property
+    def batch_size(self) -> int:
+        """Samples crafted at once: the configured number, or less once it ran out of memory."""
+        return self._fitting_batch or self.config.batch_size
+
+    @classmethod
+    def with_effort(cls, norm: str, seed: int, effort: Effort) -> "Attack":
+        """This attack at the effort a check asks for; only a :attr:`check_reference` attack needs it."""
+        raise NotImplementedError(f"{cls.__name__} does not serve as the checks' reference attack")
 
     # -- what subclasses implement -------------------------------------------------
     @abstractmethod
-    def perturb(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None = None) -> torch.Tensor:
+    def perturb(
+        self,
+        model: ClassifierTarget,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        generator: torch.Generator,
+        referee: Referee | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> torch.Tensor | Crafted:
         """Candidates for ``x`` (all still correctly classified) within ``eps``.
 
         ``referee`` (None when crafting on another model than the evaluated one) is
-        the only authority on whether a sample may stop receiving effort."""
+        the only authority on whether a sample may stop receiving effort; ``batch_size``
+        is the call's (None: :attr:`batch_size`). Return :class:`Crafted` to hand a
+        record of this eps to :meth:`details`."""
 
     def prepare(self, task: Any) -> None:
         """Called once by the runner before a run, with the task: an attack that loads models
         of its own (transfer surrogates) loads them for the task's classes and pixel size."""
 
-    def config(self) -> dict[str, Any]:
-        """The settings that reproduce this attack (recorded in reports)."""
-        return {"norm": self.norm, "seed": self.seed}
+    def recorded_config(self) -> dict[str, Any]:
+        """The settings that reproduce this attack, as reports record them."""
+        return {"attack": self.name, **self.config.to_json()}
 
     def describe(self) -> str:
         return self.name
+
+    def details(self, records: dict[float, Any], eps: list[float], n: int) -> dict[str, Any]:
+        """Attack-specific extras for the report from one call's ``records`` (per eps that had
+        samples standing, what :meth:`perturb` returned in :class:`Crafted`) over ``n`` samples."""
+        return {}
 
     # -- the contract ----------------------------------------------------------------
     def __call__(
@@ -153,11 +241,13 @@ class Attack(ABC):
         *,
         craft_target: ClassifierTarget | None = None,
         same_function: bool = False,
+        seed: int | None = None,
     ) -> AttackResult:
         """Attack ``target`` at every eps; perturbations are crafted on ``craft_target``
         (the target itself unless given: a different one makes the evaluation non-adaptive,
         unless ``same_function`` says it computes the same outputs through another gradient,
-        e.g. a prompt's exact clip gradient instead of the straight-through one)."""
+        e.g. a prompt's exact clip gradient instead of the straight-through one). ``seed``
+        seeds this call (None: the configured seed)."""
         eps_values = validate_eps(eps_list)
         target.check_input(x)
         y = torch.as_tensor(y, dtype=torch.long)
@@ -167,24 +257,28 @@ class Attack(ABC):
         target.eval()
         craft.eval()
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
         adaptive = craft is target or same_function
         referee = Referee(target, self.kappa) if adaptive else None
-        correct = target.predict(x, self.batch_size) == y
+        size = self.batch_size  # this call's; halved while out of memory
+        correct = target.predict(x, size) == y
         best = x.clone()
         order = sorted(range(len(eps_values)), key=lambda i: eps_values[i])
         rows: dict[int, torch.Tensor] = {}
         advs: dict[int, torch.Tensor] = {}
         invalid: dict[int, dict[str, int]] = {}
+        records: dict[float, Any] = {}
         unconfirmed = 0  # samples the referee confirmed broken that re-measure as correct
-        bar = tqdm(total=len(order), desc=f"{self.describe()} {self.norm}", leave=False, disable=not self.progress)
+        bar = tqdm(total=len(order), desc=f"{self.describe()} {self.norm}", leave=False, disable=not self.config.progress)
         for i in order:
             eps = eps_values[i]
             standing = correct.nonzero().flatten()
             confirmed_before = referee.confirmed if referee is not None else 0
             if len(standing):
                 with crafting_autocast(craft.device, self.amp):
-                    candidates = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator, referee)
+                    crafted, size = self._perturb_with_backoff(craft, x[standing], y[standing], eps, generator, referee, size)
+                candidates = crafted.x_adv.detach().cpu()
+                records[eps] = crafted.record
                 if candidates.shape != x[standing].shape:
                     raise AttackValidityError(f"{self.name} returned shape {tuple(candidates.shape)} for {tuple(x[standing].shape)}")
                 best[standing] = project(x[standing], torch.nan_to_num(candidates, nan=0.0), eps, self.norm)
@@ -195,14 +289,14 @@ class Attack(ABC):
                 best[bad] = x[bad]  # never score an input outside the threat model
                 warnings.warn(f"{self.name} at eps={eps}: {int(bad.sum())} inputs outside the threat model after projection: {invalid[i]}; scored as the clean inputs", RuntimeWarning, stacklevel=2)
             x_adv = best.clone()
-            correct = target.predict(x_adv, self.batch_size) == y  # re-measured on what is returned
+            correct = target.predict(x_adv, size) == y  # re-measured on what is returned
             if referee is not None and len(standing):
                 newly_broken = int((~correct[standing]).sum())
                 unconfirmed += max(0, referee.confirmed - confirmed_before - newly_broken)
             rows[i], advs[i] = correct.clone(), x_adv
             bar.update(1)
         bar.close()
-        details = self.details()
+        details = self.details(records, eps_values, len(x))
         if referee is not None:
             details = {**details, "referee": {**referee.record(), "unconfirmed_on_remeasure": unconfirmed}}
         return AttackResult(
@@ -212,7 +306,7 @@ class Attack(ABC):
             correct=torch.stack([rows[i] for i in range(len(eps_values))]),
             x_adv=[advs[i] for i in range(len(eps_values))],
             seconds=time.perf_counter() - start,
-            config={"attack": self.name, **self.config(), **({"amp": self.amp} if self.amp != "off" else {})},
+            config=self.recorded_config(),
             adaptive=self.adaptive and adaptive,
             details=details,
             invalid=[invalid[i] for i in range(len(eps_values))],
@@ -220,26 +314,32 @@ class Attack(ABC):
             standard=self.standard,
         )
 
-    def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None) -> torch.Tensor:
-        """``perturb``, halving the batch size on out-of-memory until it fits (or 1 fails)."""
+    def _perturb_with_backoff(self, model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator, referee: Referee | None, size: int) -> tuple[Crafted, int]:
+        """``perturb`` at batch size ``size``, halved on out-of-memory until it fits (or 1 fails);
+        the candidates and the size that fitted. The generator restarts from the same state."""
         while True:
             state = generator.get_state()
             try:
-                return self.perturb(model, x, y, eps, generator, referee=referee).detach().cpu()
+                sized = {"batch_size": size} if self._perturb_takes_batch_size else {}
+                out = self.perturb(model, x, y, eps, generator, referee=referee, **sized)
+                return (out if isinstance(out, Crafted) else Crafted(out)), size
             except (torch.OutOfMemoryError, MemoryError) as exc:
-                if self.batch_size <= 1:
+                if size <= 1:
                     raise UserError(f"{self.name}: out of memory even with batch size 1: {exc}") from None
-                self.batch_size = max(1, self.batch_size // 2)
+                size = self._fitting_batch = max(1, size // 2)
                 generator.set_state(state)
-                warnings.warn(f"{self.name}: out of memory; retrying with batch size {self.batch_size}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"{self.name}: out of memory; retrying with batch size {size}", RuntimeWarning, stacklevel=3)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 
-    def details(self) -> dict[str, Any]:
-        """Attack-specific extras for the report (e.g. accuracy after each component)."""
-        return {}
 
+@dataclass(frozen=True)
+class Effort:
+    """How hard one of the checks' own white-box attacks tries: the only settings they vary."""
 
-def batches(n: int, batch_size: int) -> Iterable[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(n, start + batch_size))
+    steps: int
+    restarts: int = 1
+    #: "ce" (cross-entropy) or "cw" (the margin loss, which does not saturate).
+    loss: str = "ce"
+    #: One step of the whole eps from the clean input (no random start).
+    single_step: bool = False

@@ -17,7 +17,7 @@ import torch
 from .atomic import write_json_atomic
 from .attack import AttackResult
 from .errors import UserError
-from .report import bits, unbits
+from .records import bits, unbits
 
 CHECKPOINT_DIR = ".checkpoint"
 SUITE_FILE = "suite.json"
@@ -61,7 +61,7 @@ class CheckpointStore:
         return AttackResult(
             name=doc["name"], threat_model=doc["threat_model"], eps=doc["eps"], correct=correct, x_adv=[],
             seconds=doc["seconds"], config=doc["config"], adaptive=doc["adaptive"], details=doc["details"], invalid=doc["invalid"],
-            kind=doc.get("kind", "white-box"),
+            kind=doc.get("kind", "white-box"), standard=bool(doc.get("standard", False)),
         )
 
     def save_chunk(self, key: str, result: AttackResult) -> None:
@@ -71,7 +71,7 @@ class CheckpointStore:
             "name": result.name, "threat_model": result.threat_model, "eps": result.eps,
             "correct": [bits(row.tolist()) for row in result.correct], "seconds": result.seconds,
             "config": result.config, "adaptive": result.adaptive, "details": result.details, "invalid": result.invalid,
-            "kind": result.kind,
+            "kind": result.kind, "standard": result.standard,
         })
 
 
@@ -219,4 +219,5 @@ def merge_results(chunks: list[AttackResult], seed: int) -> AttackResult:
         details=merge_details([(c.details, n) for c, n in zip(chunks, sizes)]) if len(chunks) > 1 else head.details,
         invalid=invalid,
         kind=head.kind,
+        standard=head.standard,
     )

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attack import Attack, AttackResult
+from .attack import Attack, AttackResult, Effort
+from .checkpoint import chunk_seed
 from .registry import ATTACKS
 from .targets import ClassifierTarget
 from .worst_case import WorstCase
@@ -63,7 +64,7 @@ class RunContext:
 
     def attack(self, attack: Attack, x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> AttackResult:
         """Run a check's attack on the evaluated target; its result folds into the worst case."""
-        key = (repr(sorted(attack.config().items())), tuple(eps), len(x))
+        key = (repr(attack.config), tuple(eps), len(x))
         if key not in self._ran:
             self._ran[key] = attack(self.target, x, y, eps)
             self.extra.append(self._ran[key])
@@ -161,8 +162,13 @@ def returned_inputs_valid(ctx: RunContext) -> CheckResult:
     return CheckResult("returned_inputs_valid", True, f"all {count} attack outputs within eps + 1e-6, in [0,1] and finite")
 
 
-def _check_pgd(norm: str, seed: int, **options) -> Attack:
-    return ATTACKS.create("pgd", norm=norm, seed=seed, progress=False, **options)
+def _reference(norm: str, seed: int, effort: Effort) -> Attack:
+    """The checks' own white-box attack at ``effort``: built by the registered attack that
+    declares :attr:`~.attack.Attack.check_reference` (the first by name if several do)."""
+    for entry in ATTACKS:
+        if getattr(entry.factory, "check_reference", False):
+            return entry.factory.with_effort(norm, seed, effort)
+    raise RuntimeError("no registered attack declares check_reference: the checks have no white-box attack to run")
 
 
 def _subset(ctx: RunContext, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +195,7 @@ def accuracy_non_increasing_in_eps(ctx: RunContext) -> CheckResult | None:
         if len(values) < 2:
             continue
         x, y = _subset(ctx, norm)
-        accs = [ctx.attack(_check_pgd(norm, ctx.seed, steps=10, loss="cw"), x, y, [e]).robust_accuracy[0] for e in values]
+        accs = [ctx.attack(_reference(norm, ctx.seed, Effort(steps=10, loss="cw")), x, y, [e]).robust_accuracy[0] for e in values]
         details.append(f"{norm}: " + ", ".join(f"eps={e:g} {100 * a:.1f}%" for e, a in zip(values, accs)))
         problems += [f"{norm} {100 * a2:.1f}% at eps={e2:g} > {100 * a1:.1f}% at eps={e1:g}"
                      for (e1, a1), (e2, a2) in zip(zip(values, accs), zip(values[1:], accs[1:])) if a2 > a1 + EPS_SLACK]
@@ -210,7 +216,7 @@ def large_eps_breaks_everything(ctx: RunContext) -> CheckResult | None:
     for norm in norms:
         x, y = _subset(ctx, norm)
         eps = LARGE_EPS[norm] or float(x[0].numel() ** 0.5)
-        acc = ctx.attack(_check_pgd(norm, ctx.seed, steps=50, restarts=2), x, y, [eps]).robust_accuracy[0]
+        acc = ctx.attack(_reference(norm, ctx.seed, Effort(steps=50, restarts=2)), x, y, [eps]).robust_accuracy[0]
         details.append((norm, eps, acc))
     bad = [d for d in details if d[2] > 0.05]
     text = ", ".join(f"{n} eps={e:g}: {100 * a:.1f}%" for n, e, a in details)
@@ -235,9 +241,9 @@ WEAKER_THAN_CHECK_SLACK = 0.10
 def _step_sequence(ctx: RunContext, norm: str, eps: float, loss: str) -> tuple[float, float, float]:
     """Accuracy after a single step, 10 steps, and 50 steps x 2 restarts of PGD with ``loss``."""
     x, y = _subset(ctx, norm)
-    single = ctx.attack(_check_pgd(norm, ctx.seed, steps=1, random_start=False, rel_step_size=1.0, loss=loss), x, y, [eps]).robust_accuracy[0]
-    short = ctx.attack(_check_pgd(norm, ctx.seed, steps=10, loss=loss), x, y, [eps]).robust_accuracy[0]
-    long = ctx.attack(_check_pgd(norm, ctx.seed, steps=50, restarts=2, loss=loss), x, y, [eps]).robust_accuracy[0]
+    single = ctx.attack(_reference(norm, ctx.seed, Effort(steps=1, loss=loss, single_step=True)), x, y, [eps]).robust_accuracy[0]
+    short = ctx.attack(_reference(norm, ctx.seed, Effort(steps=10, loss=loss)), x, y, [eps]).robust_accuracy[0]
+    long = ctx.attack(_reference(norm, ctx.seed, Effort(steps=50, restarts=2, loss=loss)), x, y, [eps]).robust_accuracy[0]
     return single, short, long
 
 
@@ -320,7 +326,8 @@ BASE_MIN_BROKEN = 0.1
 @post_check
 def base_model_falls_to_the_attack(ctx: RunContext) -> CheckResult | None:
     """Carlini et al. 2019: an attack that cannot break the undefended base model says nothing
-    about the defense. Runs the run's first white-box attack per threat model on the base model."""
+    about the defense. Runs the run's first white-box attack per threat model on the base model,
+    seeded as the run seeded the first chunk (the check's samples)."""
     if ctx.base is None or not ctx.white_box:
         return None
     details, failed = [], False
@@ -329,7 +336,7 @@ def base_model_falls_to_the_attack(ctx: RunContext) -> CheckResult | None:
         eps = max(ctx.eps.get(norm) or [_main_eps(ctx, norm)])
         x, y = _subset(ctx, norm)
         clean = float((ctx.base.predict(x) == y).float().mean())
-        robust = attack(ctx.base, x, y, [eps]).robust_accuracy[0]
+        robust = attack(ctx.base, x, y, [eps], seed=chunk_seed(attack.seed, 0)).robust_accuracy[0]  # seeded as on these samples' chunk
         fails = robust > (1 - BASE_MIN_BROKEN) * clean
         failed |= fails
         details.append(f"{attack.describe()} {norm} eps={eps:g} leaves the undefended base {100 * robust:.1f}% (clean {100 * clean:.1f}%)")

@@ -138,6 +138,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--help-plugin", metavar="NAME", help="print the options of a plug-in (attack, defense, unlearner, ...) with their types, defaults and help, and exit")
 
 
 def build_suite(args: argparse.Namespace):
@@ -187,6 +188,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .runner import Runner
     from .suite import Suite
 
+    if getattr(args, "help_plugin", None):
+        return print_plugin_help(args.help_plugin)
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
@@ -225,9 +228,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def plugin_help(name: str) -> list[str]:
+    """Every registered plug-in called ``name``: its description and its options (``config.help_lines``)."""
+    import difflib
+
+    from .config import config_class_of, help_lines
+    from .registry import ALL_REGISTRIES
+
+    matches = [(registry, entry) for registry in ALL_REGISTRIES for entry in registry if entry.name == name]
+    if not matches:
+        known = sorted({entry.name for registry in ALL_REGISTRIES for entry in registry})
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown plug-in {name!r}.{hint} See `python -m robustbench_peft list` for every name.")
+    lines: list[str] = []
+    for registry, entry in matches:
+        lines.append(f"{registry.kind} {entry.name}: {entry.description}")
+        if config_class_of(entry.factory) is not None:
+            lines += ["options (NAME:key=value,...):", *help_lines(entry.factory)]
+    return lines
+
+
+def print_plugin_help(name: str) -> int:
+    print("\n".join(plugin_help(name)))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import ALL_REGISTRIES
 
+    if getattr(args, "name", None):
+        return print_plugin_help(args.name)
     for registry in ALL_REGISTRIES:
         entries = list(registry)
         print(f"{registry.plural}:")
@@ -245,6 +276,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_eval_arguments(eval_parser)
     eval_parser.set_defaults(handler=cmd_eval)
     list_parser = sub.add_parser("list", help="list registered tasks, models, attacks, defenses, unlearners, suites")
+    list_parser.add_argument("name", nargs="?", metavar="NAME", help="one plug-in: its options with their types, defaults and help")
     list_parser.set_defaults(handler=cmd_list)
     load_command_modules()
     for name, (help_text, add_arguments, handler) in SUBCOMMANDS.items():

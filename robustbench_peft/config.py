@@ -85,6 +85,18 @@ def convert(value: Any, annotation: Any, key: str, owner: str) -> Any:
 class PluginConfig:
     """Base of every plug-in config: conversion from text, validation, help and JSON."""
 
+    def __post_init__(self) -> None:
+        """Validation hook: a subclass checks its own fields and calls ``super().__post_init__()``,
+        so configs built from several groups of options validate every group.
+
+        Here: an int given for a float field becomes a float, so ``lr=1`` and ``lr=1.0``
+        record (and hash into cache keys) the same."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value) is int and _unwrap_optional(hints.get(f.name))[0] is float:
+                object.__setattr__(self, f.name, float(value))
+
     @classmethod
     def fields_help(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, help) per field, for ``list NAME`` / ``--help-plugin``."""
@@ -117,6 +129,17 @@ class PluginConfig:
     def to_json(self) -> dict[str, Any]:
         """The settings as stored in reports (``asdict``; tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def __call__(self) -> dict[str, Any]:
+        """``plugin.config()`` reads as :meth:`to_json`: the plug-in's settings as a dict."""
+        return self.to_json()
+
+
+def require(owner: str, checks: dict[str, bool]) -> None:
+    """One :class:`UserError` naming every failed check (``{"eps must be > 0": eps > 0}``)."""
+    failed = [message for message, ok in checks.items() if not ok]
+    if failed:
+        raise UserError(f"{owner}: " + "; ".join(failed))
 
 
 def config_class_of(factory: Any) -> type[PluginConfig] | None:

@@ -9,59 +9,60 @@ reads both the same way, so the leaderboard and ``submit`` never count an
 unattacked sample as robust.
 
 The leaderboard ranks by :func:`ranked_worst_case`: the worst case over the samples
-float32 AutoAttack covered, or, without it, over every covered sample (flagged).
+float32 standard evaluation (AutoAttack, ``Attack.standard``) covered, or, without it, over every covered sample (flagged).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-#: Slack for comparing eps values read back from JSON.
-EPS_TOLERANCE = 1e-9
+from .records import EPS_TOLERANCE, AttackRecord, RunRecord, WorstCaseRecord, plugin_name
+
+__all__ = ["EPS_TOLERANCE", "attack_kind", "is_float32", "worst_case_coverage", "standard_n", "ranked_worst_case", "RankedWorstCase"]
 
 
-def attack_kind(record: dict[str, Any]) -> str:
+def attack_kind(record: AttackRecord | Mapping[str, Any]) -> str:
     """The registered attack behind a report's attack record (``autoattack-apgd-ce`` -> ``autoattack``)."""
-    config = record.get("config") or {}
-    if config.get("attack"):
-        return str(config["attack"])
-    return str(record.get("name", "")).split("-")[0]
+    if isinstance(record, AttackRecord):
+        return record.plugin
+    return plugin_name(str(record.get("name", "")), record.get("config"))
 
 
-def is_float32(record: dict[str, Any]) -> bool:
+def is_float32(record: AttackRecord | Mapping[str, Any]) -> bool:
     """Did the attack craft in float32 (no ``amp`` in its config)?"""
     return (record.get("config") or {}).get("amp") in (None, "", "off")
-
-
-def _at(record: dict[str, Any], norm: str, eps: float) -> bool:
-    return record.get("threat_model") == norm and abs(float(record.get("eps", float("nan"))) - float(eps)) <= EPS_TOLERANCE
 
 
 def _mean(bits: str) -> float:
     return bits.count("1") / len(bits) if bits else 0.0
 
 
-def worst_case_coverage(run: dict[str, Any], worst: dict[str, Any]) -> tuple[int, float]:
+def _worst(worst: WorstCaseRecord | Mapping[str, Any]) -> WorstCaseRecord:
+    return worst if isinstance(worst, WorstCaseRecord) else WorstCaseRecord.from_json(worst)
+
+
+def worst_case_coverage(run: RunRecord | Mapping[str, Any], worst: WorstCaseRecord | Mapping[str, Any]) -> tuple[int, float]:
     """``(n, robust_accuracy)`` of a worst-case row over the samples some attack covered.
 
     A row with ``n`` (current reports) is read as written. A row without (schema 1.0) is
-    taken as covering the longest attack's prefix at its (threat model, eps) among
-    ``run["attacks"]``, and its accuracy is recomputed from ``correct`` over that prefix
-    (the old rows kept the clean bit for uncovered samples). With no matching attack record
-    at all, the whole ``correct`` string counts.
+    taken as covering the longest attack's prefix at its (threat model, eps) among the run's
+    attacks, and its accuracy is recomputed from ``correct`` over that prefix (the old rows
+    kept the clean bit for uncovered samples). With no matching attack record at all, the
+    whole ``correct`` string counts.
     """
-    if worst.get("n") is not None:
-        return int(worst["n"]), float(worst["robust_accuracy"])
-    correct = str(worst.get("correct", ""))
-    lengths = [int(a.get("n") or 0) for a in run.get("attacks") or [] if _at(a, worst["threat_model"], worst["eps"])]
-    n = min(max(lengths, default=0) or len(correct), len(correct))
-    return n, _mean(correct[:n])
+    worst = _worst(worst)
+    if worst.n is not None:
+        return int(worst.n), float(worst.robust_accuracy)
+    lengths = [int(a.n or 0) for a in RunRecord.of(run).attacks_at(worst.threat_model, worst.eps)]
+    n = min(max(lengths, default=0) or len(worst.correct), len(worst.correct))
+    return n, _mean(worst.correct[:n])
 
 
-def autoattack_n(run: dict[str, Any], norm: str, eps: float) -> int | None:
-    """The most samples any float32 AutoAttack record covered at (norm, eps); None when none ran."""
-    lengths = [int(a.get("n") or 0) for a in run.get("attacks") or [] if attack_kind(a) == "autoattack" and is_float32(a) and _at(a, norm, eps)]
+def standard_n(run: RunRecord | Mapping[str, Any], norm: str, eps: float) -> int | None:
+    """The most samples any float32 standard-evaluation record (AutoAttack) covered at (norm, eps);
+    None when none ran."""
+    lengths = [int(a.n or 0) for a in RunRecord.of(run).attacks_at(norm, eps) if a.is_standard and a.is_float32]
     return max(lengths) if lengths and max(lengths) > 0 else None
 
 
@@ -77,13 +78,13 @@ class RankedWorstCase:
     covered_n: int
 
 
-def ranked_worst_case(run: dict[str, Any], worst: dict[str, Any]) -> RankedWorstCase:
-    """The per-sample worst case over the first n samples float32 AutoAttack covered at the row's
-    (threat model, eps), n the largest AutoAttack ``n``; without AutoAttack, over the covered samples."""
+def ranked_worst_case(run: RunRecord | Mapping[str, Any], worst: WorstCaseRecord | Mapping[str, Any]) -> RankedWorstCase:
+    """The per-sample worst case over the first n samples the float32 standard evaluation covered at
+    the row's (threat model, eps), n its largest ``n``; without it, over the covered samples."""
+    run, worst = RunRecord.of(run), _worst(worst)
     covered_n, covered_accuracy = worst_case_coverage(run, worst)
-    n_aa = autoattack_n(run, worst["threat_model"], worst["eps"])
-    correct = str(worst.get("correct", ""))
-    if n_aa is None or not correct:
+    n_standard = standard_n(run, worst.threat_model, worst.eps)
+    if n_standard is None or not worst.correct:
         return RankedWorstCase(covered_accuracy, covered_n, False, covered_accuracy, covered_n)
-    n = min(n_aa, len(correct))
-    return RankedWorstCase(_mean(correct[:n]), n, True, covered_accuracy, covered_n)
+    n = min(n_standard, len(worst.correct))
+    return RankedWorstCase(_mean(worst.correct[:n]), n, True, covered_accuracy, covered_n)

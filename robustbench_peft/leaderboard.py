@@ -18,10 +18,7 @@ board, marked, so readers see them for what they are.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,7 +27,11 @@ from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .cli import subcommand
 from .coverage import attack_kind, ranked_worst_case
 from .errors import UserError
+from .json_input import read_json
 from .paths import json_files
+from .records import RunRecord
+
+__all__ = ["Entry", "attack_kind", "entries_from_report", "load_document", "deduplicate", "rank", "markdown", "html_page", "write_leaderboard"]
 
 PLOT_NAME = "robust_accuracy_vs_trainable_parameters.png"
 SUBMISSION_KEY = "submission_version"
@@ -94,38 +95,37 @@ def entries_from_report(doc: dict[str, Any], source: str, card: dict[str, Any] |
     """One entry per run and worst-case (threat model, eps) of a report document."""
     card = dict(card or {})
     entries = []
-    for run in doc.get("runs", []):
-        defense = run.get("defense")
-        trainable = defense["trainable_parameters"] if defense else int(run["model"].get("parameters") or 0)
-        for worst in run["worst_case"]:
-            norm, eps = worst["threat_model"], worst["eps"]
-            aa = [a["robust_accuracy"] for a in run["attacks"] if attack_kind(a) == "autoattack" and a["threat_model"] == norm and a["eps"] == eps]
+    for run in map(RunRecord.of, doc.get("runs", [])):
+        trainable = run.defense["trainable_parameters"] if run.defense else int(run.model.get("parameters") or 0)
+        for worst in run.worst_case:
+            norm, eps = worst.threat_model, worst.eps
+            standard = [a.robust_accuracy for a in run.attacks if a.is_standard and a.threat_model == norm and a.eps == eps]
             applies = _card_applies(card, norm, eps)
             ranked = ranked_worst_case(run, worst)
-            reasons = list(run.get("unreliable_reasons", []))
+            reasons = list(run.unreliable_reasons)
             if card.get("unreliable"):
                 reasons.append("card: " + (card.get("footnote") or "marked unreliable"))
             entries.append(
                 Entry(
-                    task=run["task"],
+                    task=run.task,
                     threat_model=norm,
                     eps=float(eps),
-                    model=run["model"]["spec"],
-                    defense=defense["label"] if defense else "none",
-                    clean_accuracy=float(run["clean_accuracy"]),
+                    model=run.model_spec,
+                    defense=run.defense_label,
+                    clean_accuracy=float(run.clean_accuracy),
                     measured=float(ranked.robust_accuracy),
-                    autoattack=min(aa) if aa else None,
+                    autoattack=min(standard) if standard else None,
                     reported=card.get("reported") if applies else None,
                     external=card.get("external") if applies else None,
                     trainable_parameters=int(trainable),
-                    stored_bytes=defense["stored_bytes"] if defense else None,
-                    reliable=bool(run["reliable"]) and not card.get("unreliable", False),
+                    stored_bytes=run.defense["stored_bytes"] if run.defense else None,
+                    reliable=bool(run.reliable) and not card.get("unreliable", False),
                     reasons=reasons,
                     name=str(card.get("name", "")),
                     venue=str(card.get("venue", "")),
                     footnote=str(card.get("footnote", "")),
                     source=source,
-                    weights=run["model"]["sha256"] + "+" + str((defense or {}).get("sha256", "")),
+                    weights=run.model["sha256"] + "+" + str((run.defense or {}).get("sha256", "")),
                     n=ranked.n,
                     over_autoattack=ranked.over_autoattack,
                     worst_case=float(ranked.covered_accuracy),
@@ -141,12 +141,7 @@ def load_document(path: Path) -> list[Entry]:
 
     if path.is_dir():
         return load_document(path / "report.json")
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no report or submission at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable JSON document: {exc}") from None
+    doc, _ = read_json(path, "JSON document", missing="report or submission")
     if isinstance(doc, dict) and SUBMISSION_KEY in doc:
         errors = schema_errors(doc.get("report"))
         if errors:
@@ -233,6 +228,8 @@ def plot(entries: list[Entry]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .render import figure_png
+
     fig, ax = plt.subplots(figsize=(6.5, 4))
     groups = sorted({e.group for e in entries})
     for i, group in enumerate(groups):
@@ -253,10 +250,7 @@ def plot(entries: list[Entry]) -> bytes:
     if groups:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, 100)
 
 
 FILTER_SCRIPT = """
@@ -290,7 +284,7 @@ def _select(ident: str, label: str, values: list[str]) -> str:
 
 def html_page(entries: list[Entry], png: bytes) -> str:
     """A single self-contained page: inline CSS, inline JS, the plot as a data URI."""
-    from .render import SORT_SCRIPT, STYLE
+    from .render import SORT_SCRIPT, STYLE, png_data_uri
 
     rows = []
     for e in entries:
@@ -316,7 +310,7 @@ def html_page(entries: list[Entry], png: bytes) -> str:
             "<p>" + _select("filter-task", "task", tasks) + _select("filter-threat", "threat model", threats) + f"<span><span id='shown'>{len(entries)}</span> of {len(entries)} entries</span></p>",
             f"<table id='leaderboard' class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",
             "<h2>Robust accuracy against trainable parameters</h2>",
-            f"<img alt='robust accuracy against trainable parameters' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
+            f"<img alt='robust accuracy against trainable parameters' src='{png_data_uri(png)}'>",
             f"<script>{SORT_SCRIPT}{FILTER_SCRIPT}</script></body></html>",
         ]
     )

@@ -1,4 +1,4 @@
-"""Write a report's output set (report.json, report.md, report.html, PNG plots) into a folder.
+"""Write a report's output set (report.json, report.md, report.html, PNG plots, the sections' files) into a folder.
 
 The set is all or nothing (:func:`robustbench_peft.atomic.write_set_atomic`):
 everything is rendered in memory, written into a hidden staging folder inside
@@ -32,12 +32,9 @@ def render_outputs(report: "Report") -> dict[str, bytes]:
     efficiency = render.efficiency_plot(report)
     if efficiency is not None:
         plots.append(("Robust accuracy vs trainable parameters", render.EFFICIENCY_PLOT_NAME, efficiency))
-    for name, make in render.SECTION_PLOTS.items():
-        if name in report.sections:
-            png = make(report)
-            if png:
-                plots.append((name, f"{name}.png", png))
+    plots += [(name, f"{name}.png", png) for name, png in render.section_plots(report)]
     files = {filename: png for _, filename, png in plots}
+    files.update(report.files)  # the sections' own files (e.g. image grids)
     files["report.md"] = render.markdown(report).encode("utf-8")
     files["report.html"] = render.html_page(report, [(t, p) for t, _, p in plots]).encode("utf-8")
     files["report.json"] = (report.dumps() + "\n").encode("utf-8")
@@ -47,8 +44,9 @@ def render_outputs(report: "Report") -> dict[str, bytes]:
 def output_names() -> list[str]:
     """Every file name an output set can have: what a new set replaces (a stale plot of an older set too)."""
     from . import render
+    from .section import SECTIONS
 
-    return [render.PLOT_NAME, render.EFFICIENCY_PLOT_NAME, *(f"{name}.png" for name in render.SECTION_PLOTS), *REPORT_FILES]
+    return [render.PLOT_NAME, render.EFFICIENCY_PLOT_NAME, *(f"{entry.name}.png" for entry in SECTIONS), *REPORT_FILES]
 
 
 def write_outputs(report: "Report", out_dir: str | Path) -> dict[str, Path]:

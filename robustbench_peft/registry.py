@@ -1,14 +1,17 @@
-"""Name -> factory registries for attacks, defenses, unlearners, tasks and model specs.
+"""Name -> factory registries for every kind of plug-in, classifier and text-to-image.
 
-Built-in plug-ins register with a one-line decorator (``@register_attack("pgd")``);
-third-party packages expose modules through the ``robustbench_peft.plugins``
-entry-point group, which :func:`load_plugins` imports once.
+Plug-ins register with a one-line decorator (``@register_attack("pgd")``).
+:func:`load_plugins` imports them once: every module of the built-in packages
+(:data:`BUILTIN_PACKAGES`, so a new built-in method needs no entry anywhere) and
+every module third-party packages expose through the ``robustbench_peft.plugins``
+entry-point group.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -16,22 +19,8 @@ from typing import Any, Callable, Iterator
 
 from .errors import UserError
 
-BUILTIN_PLUGIN_MODULES = (
-    "tasks.digits",
-    "tasks.cifar",
-    "tasks.imagefolder",
-    "attacks.pgd",
-    "attacks.autoattack",
-    "attacks.transfer",
-    "defenses.visual_prompt",
-    "defenses.adversarial_finetune",
-    "unlearning.section",
-    "unlearning.diffusion",
-    "tasks.t2i_concepts",
-    "attacks.unlearndiff",
-    "robustbench_peft.diffusion_section",
-    "robustbench_peft.models.hub",
-)
+#: The built-in plug-ins: a package stands for every module in it, a module for itself.
+BUILTIN_PACKAGES = ("robustbench_peft.suites", "robustbench_peft.models", "tasks", "attacks", "defenses", "unlearning")
 ENTRY_POINT_GROUP = "robustbench_peft.plugins"
 
 
@@ -103,6 +92,9 @@ class Registry:
             known = sorted(self._entries)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            elsewhere = [r.kind for r in ALL_REGISTRIES if r is not self and name in r._entries]
+            if elsewhere:
+                hint = f" {name!r} is registered as a {' and as a '.join(elsewhere)} instead."
             raise UserError(
                 f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or 'none'} "
                 f"(see `python -m robustbench_peft list`)."
@@ -127,6 +119,11 @@ UNLEARNERS = Registry("unlearner")
 TASKS = Registry("task")
 MODELS = Registry("model family", "model families")
 SUITES = Registry("suite")
+# Text-to-image plug-ins: another contract (prompts in, judged images out), so their own names.
+T2I_TASKS = Registry("text-to-image task")
+PROMPT_ATTACKS = Registry("prompt attack")
+T2I_UNLEARNERS = Registry("text-to-image unlearner")
+JUDGES = Registry("judge")
 
 register_attack = ATTACKS.register
 register_defense = DEFENSES.register
@@ -134,18 +131,39 @@ register_unlearner = UNLEARNERS.register
 register_task = TASKS.register
 register_model = MODELS.register
 register_suite = SUITES.register
+register_t2i_task = T2I_TASKS.register
+register_prompt_attack = PROMPT_ATTACKS.register
+register_t2i_unlearner = T2I_UNLEARNERS.register
+register_judge = JUDGES.register
 
-ALL_REGISTRIES = (TASKS, MODELS, ATTACKS, DEFENSES, UNLEARNERS, SUITES)
+ALL_REGISTRIES = (TASKS, MODELS, ATTACKS, DEFENSES, UNLEARNERS, SUITES, T2I_TASKS, PROMPT_ATTACKS, T2I_UNLEARNERS, JUDGES)
 
 _loaded = False
 _loading = False
 
 
+def _import_builtin(name: str) -> None:
+    """Import one built-in module; its error, chained, names the module that failed."""
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        raise RuntimeError(f"built-in plug-in module {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def builtin_modules(package: str) -> list[str]:
+    """The modules a built-in entry stands for: the package's own modules (not ``_private``), or the module."""
+    _import_builtin(package)
+    path = getattr(importlib.import_module(package), "__path__", None)
+    if path is None:
+        return [package]
+    return [f"{package}.{m.name}" for m in sorted(pkgutil.iter_modules(path), key=lambda m: m.name) if not m.name.startswith("_")]
+
+
 def load_plugins() -> None:
-    """Import the built-in plug-in modules and every ``robustbench_peft.plugins`` entry point.
+    """Import every module of the built-in packages and every ``robustbench_peft.plugins`` entry point.
 
     A built-in module that fails to import is a broken installation: RuntimeError
-    naming it (the cause chained), and the next call tries again rather than
+    naming it (the real error chained), and the next call tries again rather than
     serving a half-filled registry. A broken third-party entry point only warns,
     so it cannot break the suite. ``_loading`` stops a plug-in that looks a name
     up while being imported from re-entering the loop.
@@ -155,11 +173,9 @@ def load_plugins() -> None:
         return
     _loading = True
     try:
-        for module in ("robustbench_peft.suites", *BUILTIN_PLUGIN_MODULES):
-            try:
-                importlib.import_module(module)
-            except Exception as exc:
-                raise RuntimeError(f"built-in plug-in module {module!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        for package in BUILTIN_PACKAGES:
+            for module in builtin_modules(package):
+                _import_builtin(module)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 ep.load()

@@ -11,7 +11,8 @@ Both pages lead with what a reader comes for, in this order (the terminal summar
    lowest float32 accuracy, reliability (the first reason) and cost; a dagger marks
    a worst case the checks' own attacks lowered;
 2. the plots;
-3. each report section (unlearning, diffusion): its tables, plot and HTML;
+3. each report section (unlearning, diffusion): its tables, plot and extra HTML, each asked of its
+   :class:`~robustbench_peft.section.Section`;
 4. the details (collapsed ``<details>`` in HTML, a "Details" heading in Markdown):
    robust accuracy per attack (the checks' attacks too), the worst cases the checks
    lowered, the sanity checks.
@@ -22,17 +23,30 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any, Callable
+from typing import Any
 
 from .coverage import worst_case_coverage
+from .records import RunRecord, WorstCaseRecord
 from .report import Report, RunSummary, cell, summarize_run, summary_keys
+from .section import Table, section_of
 
 PLOT_NAME = "robust_accuracy_vs_eps.png"
 EFFICIENCY_PLOT_NAME = "robust_accuracy_vs_trainable_parameters.png"
-#: Extra plots contributed by report sections: name -> function(report) -> PNG bytes or None.
-SECTION_PLOTS: dict[str, Callable[[Report], bytes | None]] = {}
-#: Extra Markdown tables contributed by report sections: name -> function(section) -> (title, header, rows).
-SECTION_TABLES: dict[str, Callable[[Any], list[tuple[str, list[str], list[list[Any]]]]]] = {}
+
+
+def figure_png(fig, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    """PNG bytes as a data URI, so a page embeds its images and opens from disk alone."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _pct(value: float | None) -> str:
@@ -44,26 +58,25 @@ def main_table(report: Report) -> tuple[list[str], list[list[Any]]]:
     header = ["task", "model", "defense", "n", "clean %", "attack", "threat", "eps", "robust %", "over n", "seconds", "reliable"]
     rows = []
     for run in report.runs:
-        defense = run["defense"]["label"] if run.get("defense") else "none"
-        lead = [run["task"], run["model"]["spec"], defense, run["n"], _pct(run["clean_accuracy"])]
-        reliable = "yes" if run["reliable"] else "NO"
-        for a in run["attacks"]:
-            label = a["name"] + ("" if a["adaptive"] else " (non-adaptive)")
-            rows.append(lead + [label, a["threat_model"], f"{a['eps']:g}", _pct(a["robust_accuracy"]), a["n"], f"{a['seconds']:.1f}", reliable])
-        for a in run.get("check_attacks") or []:
-            rows.append(lead + [f"{a['name']} (check)", a["threat_model"], f"{a['eps']:g}", _pct(a["robust_accuracy"]), a["n"], f"{a['seconds']:.1f}", reliable])
-        for w in run["worst_case"]:
-            rows.append(lead + ["worst case", w["threat_model"], f"{w['eps']:g}", _pct(w["robust_accuracy"]), worst_case_coverage(run, w)[0], "", reliable])
+        lead = [run.task, run.model_spec, run.defense_label, run.n, _pct(run.clean_accuracy)]
+        reliable = "yes" if run.reliable else "NO"
+        labelled = [(a.label, a) for a in run.attacks] + [(f"{a.name} (check)", a) for a in run.check_attacks or []]
+        for label, a in labelled:
+            rows.append(lead + [label, a.threat_model, f"{a.eps:g}", _pct(a.robust_accuracy), a.n, f"{a.seconds:.1f}", reliable])
+        for w in run.worst_case:
+            rows.append(lead + ["worst case", w.threat_model, f"{w.eps:g}", _pct(w.robust_accuracy), worst_case_coverage(run, w)[0], "", reliable])
     return header, rows
 
 
-def main_worst_case(run: dict[str, Any]) -> dict[str, Any] | None:
-    """The worst case a run is ranked by: Linf (else the first threat model) at its middle eps."""
-    rows = sorted(run["worst_case"], key=lambda w: (w["threat_model"] != "Linf", w["threat_model"], w["eps"]))
-    if not rows:
+def main_worst_case(run: RunRecord | dict[str, Any]) -> WorstCaseRecord | dict[str, Any] | None:
+    """The worst case a run is ranked by: Linf (else the first threat model) at its middle eps
+    (the row as the caller holds it: a record's row, or a JSON object's)."""
+    rows = RunRecord.of(run).worst_case
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].threat_model != "Linf", rows[i].threat_model, rows[i].eps))
+    if not order:
         return None
-    same = [w for w in rows if w["threat_model"] == rows[0]["threat_model"]]
-    return same[len(same) // 2]
+    same = [i for i in order if rows[i].threat_model == rows[order[0]].threat_model]
+    return run["worst_case"][same[len(same) // 2]]
 
 
 def defense_table(report: Report) -> tuple[list[str], list[list[Any]]]:
@@ -72,11 +85,11 @@ def defense_table(report: Report) -> tuple[list[str], list[list[Any]]]:
     header = ["model", "defense", "trainable params", "stored bytes", "fit s", "passes / prediction", "clean %", "worst-case robust % (threat, eps)"]
     rows = []
     for run in report.runs:
-        d = run.get("defense") or {"label": "none", "trainable_parameters": 0, "stored_bytes": 0, "fit_seconds": 0.0, "forward_passes": 1}
         worst = main_worst_case(run)
-        worst_text = f"{_pct(worst['robust_accuracy'])} ({worst['threat_model']}, {worst['eps']:g}, n={worst_case_coverage(run, worst)[0]})" if worst else ""
-        rows.append([run["model"]["spec"], d["label"], d["trainable_parameters"], d["stored_bytes"], f"{d['fit_seconds']:.1f}", d["forward_passes"], _pct(run["clean_accuracy"]), worst_text])
-    if not any(run.get("defense") for run in report.runs):
+        worst_text = f"{_pct(worst.robust_accuracy)} ({worst.threat_model}, {worst.eps:g}, n={worst_case_coverage(run, worst)[0]})" if worst else ""
+        rows.append([run.model_spec, run.defense_label, run.cost("trainable_parameters"), run.cost("stored_bytes"), f"{run.cost('fit_seconds'):.1f}",
+                     run.cost("forward_passes"), _pct(run.clean_accuracy), worst_text])
+    if not any(run.defense for run in report.runs):
         return header, []
     return header, rows
 
@@ -86,7 +99,7 @@ def efficiency_plot(report: Report) -> bytes | None:
     (the bare model at zero parameters); None when the report has no defense."""
     points = [(run, main_worst_case(run)) for run in report.runs]
     points = [(run, worst) for run, worst in points if worst is not None]
-    if not any(run.get("defense") for run, _ in points):
+    if not any(run.defense for run, _ in points):
         return None
     import matplotlib
 
@@ -95,12 +108,10 @@ def efficiency_plot(report: Report) -> bytes | None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run, worst in points:
-        d = run.get("defense")
-        params = d["trainable_parameters"] if d else 0
-        label = f"{run['model']['spec']} / {d['label'] if d else 'none'}"
-        ax.scatter([max(params, 1)], [100 * worst["robust_accuracy"]], s=40)
-        ax.annotate(label, (max(params, 1), 100 * worst["robust_accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    threat = {(w["threat_model"], w["eps"]) for _, w in points}
+        params = run.cost("trainable_parameters")
+        ax.scatter([max(params, 1)], [100 * worst.robust_accuracy], s=40)
+        ax.annotate(run.label, (max(params, 1), 100 * worst.robust_accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    threat = {w.key for _, w in points}
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log; the bare model at 1)")
     ax.set_ylabel("worst-case robust accuracy (%)")
@@ -108,19 +119,12 @@ def efficiency_plot(report: Report) -> bytes | None:
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, 110)
 
 
 def checks_table(report: Report) -> tuple[list[str], list[list[Any]]]:
     header = ["model", "defense", "check", "passed", "detail"]
-    rows = []
-    for run in report.runs:
-        defense = run["defense"]["label"] if run.get("defense") else "none"
-        for c in run["checks"]:
-            rows.append([run["model"]["spec"], defense, c["name"], "yes" if c["passed"] else "NO", c["detail"]])
+    rows = [[run.model_spec, run.defense_label, c["name"], "yes" if c["passed"] else "NO", c["detail"]] for run in report.runs for c in run.checks]
     return header, rows
 
 
@@ -169,7 +173,7 @@ LOWERED_NOTE = f"{LOWERED_MARK}: lowered by the checks' own attacks (the details
 
 
 def lowered_table(report: Report) -> tuple[list[str], list[list[Any]]]:
-    """The worst cases the checks' own attacks lowered (``run["lowered_by_checks"]``; marked in the summary)."""
+    """The worst cases the checks' own attacks lowered (``RunRecord.lowered_by_checks``; marked in the summary)."""
     header = ["model", "defense", "threat", "eps", "worst % before the checks", "worst % after", "over n"]
     rows = [
         [row.model, row.defense, low["threat_model"], f"{low['eps']:g}", _pct(low["from"]), _pct(low["to"]), low.get("n", "")]
@@ -189,9 +193,15 @@ def unreliable_status(report: Report) -> str:
     return f"UNRELIABLE: {len(bad)} of {len(rows)} runs failed a sanity check: {first}. The reasons are in the summary table and the sanity checks."
 
 
-def section_tables(report: Report) -> list[tuple[str, list[tuple[str, list[str], list[list[Any]]]]]]:
+def section_tables(report: Report) -> list[tuple[str, list[Table]]]:
     """Per report section (unlearning, diffusion, ...): its name and its tables."""
-    return [(name, SECTION_TABLES[name](section)) for name, section in report.sections.items() if name in SECTION_TABLES]
+    return [(name, section_of(name).tables(data)) for name, data in report.sections.items() if isinstance(data, dict)]
+
+
+def section_plots(report: Report) -> list[tuple[str, bytes]]:
+    """Per report section with a plot: its name and the PNG."""
+    plots = [(name, section_of(name).plot(data)) for name, data in report.sections.items() if isinstance(data, dict)]
+    return [(name, png) for name, png in plots if png]
 
 
 LOWERED_TITLE = "Worst cases the checks' own attacks lowered"
@@ -237,7 +247,7 @@ def markdown(report: Report) -> str:
         if lowered_table(report)[1]:
             summary += [LOWERED_NOTE, ""]
     plots = [f"![robust accuracy vs eps]({PLOT_NAME})"]
-    if any(run.get("defense") for run in report.runs):
+    if any(run.defense for run in report.runs):
         plots.append(f"![robust accuracy vs trainable parameters]({EFFICIENCY_PLOT_NAME})")
     plots.append("")
     sections = [line for _, tables in section_tables(report) for table in tables for line in _markdown_table(*table)]
@@ -256,17 +266,16 @@ def accuracy_plot(report: Report) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    norms = sorted({w["threat_model"] for run in report.runs for w in run["worst_case"]}, key=lambda norm: (norm != "Linf", norm)) or ["Linf"]
+    norms = sorted({w.threat_model for run in report.runs for w in run.worst_case}, key=lambda norm: (norm != "Linf", norm)) or ["Linf"]
     fig, axes = plt.subplots(1, len(norms), figsize=(5 * len(norms), 3.6), squeeze=False)
     for ax, norm in zip(axes[0], norms):
         for run in report.runs:
-            points = sorted((w["eps"], w["robust_accuracy"]) for w in run["worst_case"] if w["threat_model"] == norm)
+            points = sorted((w.eps, w.robust_accuracy) for w in run.worst_case if w.threat_model == norm)
             if not points:
                 continue
-            defense = run["defense"]["label"] if run.get("defense") else "none"
             xs = [0.0] + [p[0] for p in points]
-            ys = [run["clean_accuracy"]] + [p[1] for p in points]
-            ax.plot(xs, [100 * v for v in ys], marker="o", label=f"{run['model']['spec']} / {defense}")
+            ys = [run.clean_accuracy] + [p[1] for p in points]
+            ax.plot(xs, [100 * v for v in ys], marker="o", label=run.label)
         ax.set_title(f"{norm} worst case over attacks")
         ax.set_xlabel("eps")
         ax.set_ylabel("robust accuracy (%)")
@@ -277,10 +286,7 @@ def accuracy_plot(report: Report) -> bytes:
         else:
             ax.text(0.5, 0.5, "no classifier runs in this report", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, 110)
 
 
 SORT_SCRIPT = """
@@ -325,7 +331,7 @@ def html_table(header: list[str], rows: list[list[Any]], css: str = "", wrap: se
 
 
 def _img(title: str, png: bytes) -> str:
-    return f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    return f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{png_data_uri(png)}'>"
 
 
 def html_page(report: Report, plots: list[tuple[str, bytes]]) -> str:
@@ -347,16 +353,17 @@ def html_page(report: Report, plots: list[tuple[str, bytes]]) -> str:
         if lowered_table(report)[1]:
             summary.append(f"<p class='notes'>{html.escape(LOWERED_NOTE)}</p>")
         summary.append("</section>")
-    section_plots = {title: png for title, png in plots if title in report.sections}
-    main_plots = ["<section id='plots'>" + "\n".join(_img(title, png) for title, png in plots if title not in section_plots) + "</section>"]
+    shown_with_sections = {title: png for title, png in plots if title in report.sections}
+    main_plots = ["<section id='plots'>" + "\n".join(_img(title, png) for title, png in plots if title not in shown_with_sections) + "</section>"]
     sections = []
     tables = dict(section_tables(report))
-    for name, section in report.sections.items():
+    for name, data in report.sections.items():
         body = [f"<h2>{html.escape(title)}</h2>" + html_table(header, rows) for title, header, rows in tables.get(name, [])]
-        if name in section_plots:
-            body.append(_img(name, section_plots[name]))
-        if isinstance(section, dict) and section.get("html"):
-            body.append(section["html"])
+        if name in shown_with_sections:
+            body.append(_img(name, shown_with_sections[name]))
+        extra = section_of(name).html(data, report.files) if isinstance(data, dict) else ""
+        if extra:
+            body.append(extra)
         if body:
             sections.append(f"<section class='report-section' id='section-{html.escape(name)}'>" + "\n".join(body) + "</section>")
     # a report of sections only (no classifier run) leads with its sections

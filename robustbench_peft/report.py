@@ -14,20 +14,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .coverage import EPS_TOLERANCE, attack_kind, is_float32, worst_case_coverage
+from .coverage import worst_case_coverage
+from .records import Key, RunRecord, bits, same_eps, unbits
+from .section import section_of
+
+__all__ = ["Report", "RunSummary", "bits", "unbits", "environment", "summarize_run", "summary_keys", "summary_lines", "cell"]
 
 SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "report.schema.json"
 LIBRARIES = ("robustbench_peft", "torch", "torchvision", "numpy", "scikit-learn", "pyautoattack", "timm", "transformers", "diffusers", "peft", "open_clip_torch")
-
-
-def bits(flags) -> str:
-    """Per-sample booleans as a compact '0'/'1' string (stable, diff-friendly)."""
-    return "".join("1" if bool(f) else "0" for f in flags)
-
-
-def unbits(text: str) -> list[bool]:
-    return [c == "1" for c in text]
 
 
 def environment(seed: int, device: str) -> dict[str, Any]:
@@ -52,14 +47,21 @@ def environment(seed: int, device: str) -> dict[str, Any]:
 
 @dataclass
 class Report:
-    """A whole evaluation: environment, the suite that ran, and one entry per run."""
+    """A whole evaluation: environment, the suite that ran, one record per run, and the sections' data.
 
-    runs: list[dict[str, Any]]
+    ``files`` are the binary outputs of the sections (name -> bytes, e.g. image grids): written
+    beside ``report.json`` and embedded in the HTML page, never inside the JSON."""
+
+    runs: list[RunRecord]
     environment: dict[str, Any]
     suite: dict[str, Any]
     created: str
     sections: dict[str, Any] = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.runs = [RunRecord.of(run) for run in self.runs]
 
     def to_json(self) -> dict[str, Any]:
         doc = {
@@ -67,7 +69,7 @@ class Report:
             "created": self.created,
             "environment": self.environment,
             "suite": self.suite,
-            "runs": self.runs,
+            "runs": [run.to_json() for run in self.runs],
         }
         doc.update(self.sections)
         return doc
@@ -76,7 +78,7 @@ class Report:
     def from_json(cls, doc: dict[str, Any]) -> "Report":
         known = {"schema_version", "created", "environment", "suite", "runs"}
         return cls(
-            runs=doc["runs"],
+            runs=[RunRecord.from_json(run) for run in doc["runs"]],
             environment=doc["environment"],
             suite=doc["suite"],
             created=doc["created"],
@@ -92,7 +94,7 @@ class Report:
 
     @property
     def reliable(self) -> bool:
-        return all(run["reliable"] for run in self.runs)
+        return all(run.reliable for run in self.runs)
 
     def to_dataframe(self):
         """One row per (run, attack, eps), plus the per-sample worst case rows."""
@@ -100,18 +102,11 @@ class Report:
 
         rows = []
         for run in self.runs:
-            base = {
-                "task": run["task"],
-                "model": run["model"]["spec"],
-                "defense": run["defense"]["label"] if run.get("defense") else "none",
-                "n": run["n"],
-                "clean_accuracy": run["clean_accuracy"],
-                "reliable": run["reliable"],
-            }
-            for attack in run["attacks"]:
-                rows.append({**base, "attack": attack["name"], "adaptive": attack["adaptive"], "threat_model": attack["threat_model"], "eps": attack["eps"], "robust_accuracy": attack["robust_accuracy"], "n_attacked": attack["n"], "seconds": attack["seconds"]})
-            for worst in run["worst_case"]:
-                rows.append({**base, "attack": "worst-case", "adaptive": True, "threat_model": worst["threat_model"], "eps": worst["eps"], "robust_accuracy": worst["robust_accuracy"], "n_attacked": worst_case_coverage(run, worst)[0], "seconds": None})
+            base = {"task": run.task, "model": run.model_spec, "defense": run.defense_label, "n": run.n, "clean_accuracy": run.clean_accuracy, "reliable": run.reliable}
+            for attack in run.attacks:
+                rows.append({**base, "attack": attack.name, "adaptive": attack.adaptive, "threat_model": attack.threat_model, "eps": attack.eps, "robust_accuracy": attack.robust_accuracy, "n_attacked": attack.n, "seconds": attack.seconds})
+            for worst in run.worst_case:
+                rows.append({**base, "attack": "worst-case", "adaptive": True, "threat_model": worst.threat_model, "eps": worst.eps, "robust_accuracy": worst.robust_accuracy, "n_attacked": worst_case_coverage(run, worst)[0], "seconds": None})
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
@@ -119,29 +114,27 @@ class Report:
         sections' summaries, then the per-run detail (every attack at each worst case)."""
         rows = [summarize_run(run) for run in self.runs]
         lines = summary_lines(rows) if rows else []
-        for name, section in self.sections.items():
-            summary = section.get("summary") if isinstance(section, dict) else None
+        for name, data in self.sections.items():
+            summary = section_of(name).summary(data) if isinstance(data, dict) else None
             if summary:
                 lines.append(f"{name}:")
                 lines.extend("  " + line for line in summary)
         if self.runs:
             lines += ["", "details:"]
         for run in self.runs:
-            lines.append(f"{run['task']} | {run['model']['spec']} | defense: {defense_label(run)} | n={run['n']} | clean {100 * run['clean_accuracy']:.1f}%")
-            for worst in run["worst_case"]:
+            lines.append(f"{run.task} | {run.model_spec} | defense: {run.defense_label} | n={run.n} | clean {100 * run.clean_accuracy:.1f}%")
+            for worst in run.worst_case:
                 per_attack = ", ".join(
-                    f"{a['name']}{'' if a['adaptive'] else ' (non-adaptive)'} {100 * a['robust_accuracy']:.1f}% (n={a['n']})"
-                    for a in run["attacks"]
-                    if a["threat_model"] == worst["threat_model"] and a["eps"] == worst["eps"]
+                    f"{a.label} {100 * a.robust_accuracy:.1f}% (n={a.n})" for a in run.attacks if a.threat_model == worst.threat_model and a.eps == worst.eps
                 )
                 n, accuracy = worst_case_coverage(run, worst)
-                lines.append(f"  {worst['threat_model']:>4} eps={worst['eps']:<6g} worst {100 * accuracy:5.1f}% of n={n}   [{per_attack}]")
-            for low in run.get("lowered_by_checks") or []:
+                lines.append(f"  {worst.threat_model:>4} eps={worst.eps:<6g} worst {100 * accuracy:5.1f}% of n={n}   [{per_attack}]")
+            for low in run.lowered_by_checks or []:
                 lines.append("  " + lowered_text(low))
-            if run["reliable"]:
+            if run.reliable:
                 lines.append("  checks: all passed")
             else:
-                lines.append("  UNRELIABLE: " + "; ".join(run["unreliable_reasons"]))
+                lines.append("  UNRELIABLE: " + "; ".join(run.unreliable_reasons))
         return "\n".join(lines)
 
     def dumps(self) -> str:
@@ -150,25 +143,17 @@ class Report:
 
 # --- the per-run summary shared by the terminal summary, report.md and report.html ---
 
-#: A worst case's or an attack's (threat model, eps).
-Key = tuple[str, float]
-
-
-def defense_label(run: dict[str, Any]) -> str:
-    return run["defense"]["label"] if run.get("defense") else "none"
-
-
 def key_order(key: Key) -> tuple[bool, str, float]:
     """Linf first, then the other threat models by name; eps ascending."""
     return (key[0] != "Linf", key[0], key[1])
 
 
-def _key(record: dict[str, Any]) -> Key:
+def _key(record: Any) -> Key:
     return (str(record["threat_model"]), float(record["eps"]))
 
 
 def _find(keys, key: Key) -> Key | None:
-    return next((k for k in keys if k[0] == key[0] and abs(k[1] - key[1]) <= EPS_TOLERANCE), None)
+    return next((k for k in keys if k[0] == key[0] and same_eps(k[1], key[1])), None)
 
 
 @dataclass(frozen=True)
@@ -182,7 +167,7 @@ class RunSummary:
     clean_accuracy: float
     #: (threat model, eps) -> (n, robust accuracy over those n): the worst case over every attack
     worst: dict[Key, tuple[int, float]]
-    #: the worst cases the checks' own attacks lowered (``run["lowered_by_checks"]``)
+    #: the worst cases the checks' own attacks lowered (``RunRecord.lowered_by_checks``)
     lowered: tuple[dict[str, Any], ...]
     #: (threat model, eps) -> (n, robust accuracy): the lowest float32 AutoAttack record there
     autoattack: dict[Key, tuple[int, float]]
@@ -216,39 +201,40 @@ class RunSummary:
         return "NO: " + reason + more
 
 
-def autoattack_lowest(run: dict[str, Any]) -> dict[Key, tuple[int, float]]:
-    """Per (threat model, eps): the lowest robust accuracy of the run's float32 AutoAttack records, with its n."""
+def autoattack_lowest(run: RunRecord) -> dict[Key, tuple[int, float]]:
+    """Per (threat model, eps): the lowest robust accuracy of the run's float32 standard-evaluation
+    (AutoAttack) records, with its n."""
     lowest: dict[Key, tuple[int, float]] = {}
-    for record in run.get("attacks") or []:
-        if attack_kind(record) != "autoattack" or not is_float32(record):
+    for record in run.attacks:
+        if not record.is_standard or not record.is_float32:
             continue
-        key = _find(lowest, _key(record)) or _key(record)
-        value = (int(record.get("n") or 0), float(record["robust_accuracy"]))
+        key = _find(lowest, record.key) or record.key
+        value = (int(record.n or 0), float(record.robust_accuracy))
         if key not in lowest or (value[1], -value[0]) < (lowest[key][1], -lowest[key][0]):
             lowest[key] = value
     return dict(sorted(lowest.items(), key=lambda kv: key_order(kv[0])))
 
 
-def summarize_run(run: dict[str, Any]) -> RunSummary:
+def summarize_run(run: RunRecord | dict[str, Any]) -> RunSummary:
     """The run's summary row; reads old reports too (worst cases without ``n``, no ``lowered_by_checks``).
     The bare model costs 0 trainable parameters, 0 stored bytes, 0 fit seconds and one pass per prediction."""
-    d = run.get("defense") or {}
-    worst = {_key(w): worst_case_coverage(run, w) for w in run["worst_case"]}
+    run = RunRecord.of(run)
+    worst = {w.key: worst_case_coverage(run, w) for w in run.worst_case}
     return RunSummary(
-        task=run["task"],
-        model=run["model"]["spec"],
-        defense=defense_label(run),
-        n=int(run["n"]),
-        clean_accuracy=float(run["clean_accuracy"]),
+        task=run.task,
+        model=run.model_spec,
+        defense=run.defense_label,
+        n=int(run.n),
+        clean_accuracy=float(run.clean_accuracy),
         worst=dict(sorted(worst.items(), key=lambda kv: key_order(kv[0]))),
-        lowered=tuple(run.get("lowered_by_checks") or ()),
+        lowered=tuple(run.lowered_by_checks or ()),
         autoattack=autoattack_lowest(run),
-        reliable=bool(run["reliable"]),
-        reasons=tuple(run.get("unreliable_reasons") or ()),
-        trainable_parameters=int(d.get("trainable_parameters", 0)),
-        stored_bytes=int(d.get("stored_bytes", 0)),
-        fit_seconds=float(d.get("fit_seconds", 0.0)),
-        forward_passes=int(d.get("forward_passes", 1)),
+        reliable=bool(run.reliable),
+        reasons=tuple(run.unreliable_reasons),
+        trainable_parameters=int(run.cost("trainable_parameters")),
+        stored_bytes=int(run.cost("stored_bytes")),
+        fit_seconds=float(run.cost("fit_seconds")),
+        forward_passes=int(run.cost("forward_passes")),
     )
 
 

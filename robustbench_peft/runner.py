@@ -19,9 +19,10 @@ from .checkpoint import CheckpointStore, chunk_seed, merge_results
 from .defense import Defense, FittedDefense
 from .errors import UserError
 from .options import PluginSpec, build
-from .precision import AMP_DTYPES
 from .registry import ATTACKS, DEFENSES, TASKS
-from .report import Report, bits, environment
+from .records import AttackRecord, RunRecord, bits
+from .report import Report, environment
+from .section import SECTIONS, get_section
 from .suite import MODES, Suite
 from .targets import ClassifierTarget
 from .task import ClassificationTask
@@ -29,7 +30,7 @@ from .worst_case import copy as copy_worst
 from .worst_case import fold_into, worst_case
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreparedAttack:
     """An attack built from its spec, with the runner-level options split off."""
 
@@ -43,13 +44,10 @@ class PreparedAttack:
 
 def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool) -> PreparedAttack:
     factory = ATTACKS.get(spec.name).factory
-    if isinstance(factory, type) and not issubclass(factory, Attack):
-        raise UserError(f"attack {spec.name!r} attacks text-to-image models, not classifiers: run it in the diffusion section (--suite diffusion)")
     options = dict(spec.options)
     n = options.pop("n", None)
     mode = str(options.pop("mode", "adaptive"))
     eps_option = options.pop("eps", None)
-    amp = str(options.pop("amp", "off"))
     eps = validate_eps(str(eps_option).split("+")) if eps_option is not None else None
     if mode not in MODES:
         raise UserError(f"attack {spec.label()}: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -63,10 +61,7 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     options.setdefault("seed", seed)
     options.setdefault("batch_size", batch_size)
     options.setdefault("progress", progress)
-    if amp not in AMP_DTYPES:
-        raise UserError(f"attack {spec.label()}: amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-    attack = build(ATTACKS.get(spec.name).factory, options, owner=f"attack {spec.name}")
-    attack.amp = amp
+    attack = build(factory, options, owner=f"attack {spec.name}")
     return PreparedAttack(spec, attack, n, mode, eps)
 
 
@@ -85,41 +80,6 @@ def resolve_eps(suite: Suite, task: ClassificationTask) -> dict[str, list[float]
 
 def load_task(name: str, options: dict[str, Any] | None = None) -> ClassificationTask:
     return build(TASKS.get(name).factory, dict(options or {}), owner=f"task {name}")
-
-
-#: Report sections beyond classifier runs: name -> function(suite, runner) -> JSON-able dict.
-SECTION_RUNNERS: dict[str, Callable[[Suite, "Runner"], dict[str, Any]]] = {}
-#: Per section, a cheap check of its settings, run before any model is attacked.
-SECTION_CHECKS: dict[str, Callable[[Suite], Any]] = {}
-
-
-def register_section(name: str, check: Callable[[Suite], Any] | None = None) -> Callable:
-    """Register the runner of a report section (e.g. unlearning, diffusion), and optionally
-    ``check(suite)``, which raises :class:`UserError` on bad settings before the run starts."""
-
-    def decorate(fn: Callable[[Suite, "Runner"], dict[str, Any]]) -> Callable:
-        SECTION_RUNNERS[name] = fn
-        if check is not None:
-            SECTION_CHECKS[name] = check
-        return fn
-
-    return decorate
-
-
-def attack_record(result: AttackResult, eps_index: int, n: int) -> dict[str, Any]:
-    return {
-        "name": result.name,
-        "threat_model": result.threat_model,
-        "eps": result.eps[eps_index],
-        "robust_accuracy": result.robust_accuracy[eps_index],
-        "seconds": round(result.seconds, 4),
-        "config": result.config,
-        "adaptive": result.adaptive,
-        "kind": result.kind,
-        "n": n,
-        "correct": bits(result.correct[eps_index].tolist()),
-        "details": result.details,
-    }
 
 
 def with_gradient_variant(result: AttackResult, variant: str, other: AttackResult) -> AttackResult:
@@ -191,11 +151,12 @@ class Runner:
         torch.manual_seed(suite.seed)
         task = load_task(suite.task, suite.task_options)
         eps = resolve_eps(suite, task)
-        unknown = [name for name in suite.sections if name not in SECTION_RUNNERS]
+        unknown = [name for name in suite.sections if name not in SECTIONS]
         if unknown:
-            raise UserError(f"unknown report section(s) {', '.join(unknown)}; known: {', '.join(sorted(SECTION_RUNNERS)) or 'none'}")
-        for name in suite.sections:
-            SECTION_CHECKS.get(name, lambda s: None)(suite)
+            raise UserError(f"unknown report section(s) {', '.join(unknown)}; known: {', '.join(e.name for e in SECTIONS) or 'none'}")
+        sections = {name: get_section(name) for name in suite.sections}
+        for section in sections.values():
+            section.check(suite)
         attacks = [prepare_attack(spec, suite.seed, suite.batch_size, self.progress) for spec in suite.attacks]
         for prepared in attacks:
             prepared.attack.prepare(task)
@@ -209,16 +170,19 @@ class Runner:
             base = self.base_target(model, task)
             for d, (spec, defense) in enumerate(defenses):
                 runs.append(self.run_one(f"m{m}-d{d}", task, base, spec, defense, attacks, eps))
-        sections = {}
-        for name in suite.sections:
+        data, files = {}, {}
+        for name, section in sections.items():
             self.log(f"section {name}")
-            sections[name] = SECTION_RUNNERS[name](suite, self)
+            result = section.run(suite, self)
+            data[name] = result.data
+            files.update(result.files)
         return Report(
             runs=runs,
             environment=environment(suite.seed, self.device),
             suite=suite.to_json(),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            sections=sections,
+            sections=data,
+            files=files,
         )
 
     def run_attack(self, key: str, prepared: PreparedAttack, target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, eps: list[float], craft: ClassifierTarget | None, same_function: bool = False) -> AttackResult:
@@ -245,13 +209,13 @@ class Runner:
                 continue
             result = self.store.load_chunk(f"{key}-c{c}")
             if result is None:
-                attack.seed = chunk_seed(self.suite.seed if "seed" not in prepared.spec.options else int(prepared.spec.options["seed"]), c)
-                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft, same_function=same_function)
+                seed = chunk_seed(attack.seed, c)  # the spec's seed, else the suite's
+                result = attack(target, x[start : start + chunk], y[start : start + chunk], eps, craft_target=craft, same_function=same_function, seed=seed)
                 self.store.save_chunk(f"{key}-c{c}", result)
             chunks[c] = result
         return merge_results(distributed.gather_chunks(chunks, len(starts), strip=lambda r: replace(r, x_adv=[])), seed=self.suite.seed)
 
-    def run_one(self, key, task, base, spec, defense, attacks, eps) -> dict[str, Any]:
+    def run_one(self, key, task, base, spec, defense, attacks, eps) -> RunRecord:
         label = f"{base.name} / {spec.label()}"
         fitted: FittedDefense | None = None
         target = base
@@ -278,7 +242,7 @@ class Runner:
                     other = self.run_attack(f"{key}-a{a}-v{v}", prepared, target, x[:n_attack], y[:n_attack], attack_eps, variant, same_function=True)
                     result = with_gradient_variant(result, variant_name, other)
             results.append(result)
-            records += [attack_record(result, i, n_attack) for i in range(len(result.eps))]
+            records += [AttackRecord.from_result(result, i, n_attack) for i in range(len(result.eps))]
         worst = worst_case(results, len(y))
         check_records, lowered = [], []
         if self.suite.checks:
@@ -287,7 +251,7 @@ class Runner:
             checks += checks_module.run_post_checks(ctx)
             before = copy_worst(worst)
             fold_into(worst, ctx.extra, len(y), only=list(worst), source="check ")
-            check_records = [attack_record(r, i, len(r.correct[i])) for r in ctx.extra for i in range(len(r.eps))]
+            check_records = [AttackRecord.from_result(r, i, len(r.correct[i])) for r in ctx.extra for i in range(len(r.eps))]
             lowered = [
                 {"threat_model": k[0], "eps": k[1], "from": before[k].robust_accuracy, "to": w.robust_accuracy, "n": w.n}
                 for k, w in sorted(worst.items()) if w.robust_accuracy < before[k].robust_accuracy - 1e-12
@@ -296,18 +260,18 @@ class Runner:
                 self.log(f"{label}: the checks' own attacks lowered the worst case at {low['threat_model']} eps={low['eps']:g} "
                          f"from {100 * low['from']:.1f}% to {100 * low['to']:.1f}% (n={low['n']})")
         failed = [c for c in checks if not c.passed]
-        return {
-            "task": task.name,
-            "model": {"spec": base.name, "sha256": base.weights_sha256(), "parameters": sum(p.numel() for p in base.parameters())},
-            "defense": defense.record(fitted) if defense is not None and fitted is not None else None,
-            "n": len(y),
-            "clean_accuracy": float(clean_correct.float().mean()),
-            "clean_correct": bits(clean_correct.tolist()),
-            "attacks": records,
-            "check_attacks": check_records,
-            "worst_case": [w.to_json() for _, w in sorted(worst.items())],
-            "lowered_by_checks": lowered,
-            "checks": [c.to_json() for c in checks],
-            "reliable": not failed,
-            "unreliable_reasons": [f"{c.name}: {c.detail}" for c in failed],
-        }
+        return RunRecord(
+            task=task.name,
+            model={"spec": base.name, "sha256": base.weights_sha256(), "parameters": sum(p.numel() for p in base.parameters())},
+            defense=defense.record(fitted) if defense is not None and fitted is not None else None,
+            n=len(y),
+            clean_accuracy=float(clean_correct.float().mean()),
+            clean_correct=bits(clean_correct.tolist()),
+            attacks=records,
+            check_attacks=check_records,
+            worst_case=[w.record() for _, w in sorted(worst.items())],
+            lowered_by_checks=lowered,
+            checks=[c.to_json() for c in checks],
+            reliable=not failed,
+            unreliable_reasons=[f"{c.name}: {c.detail}" for c in failed],
+        )

@@ -31,48 +31,40 @@ from typing import Any
 from .atomic import write_json_atomic
 from .cli import subcommand
 from .errors import UserError
-from .coverage import attack_kind, is_float32
+from .json_input import read_json
+from .records import RunRecord
 
 SUBMISSION_VERSION = "1.0"
 DEFAULT_MIN_N = 100
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _run_name(i: int, run: dict[str, Any]) -> str:
-    model = (run.get("model") or {}).get("spec", "?")
-    defense = (run.get("defense") or {}).get("label", "none") if isinstance(run.get("defense"), dict) else "none"
-    return f"run {i} ({model} / {defense})"
-
-
-def run_reasons(i: int, run: dict[str, Any], min_n: int) -> list[str]:
+def run_reasons(i: int, run: RunRecord, min_n: int) -> list[str]:
     """Every requirement one run breaks."""
-    name = _run_name(i, run)
+    name = f"run {i} ({run.label})"
     reasons = []
-    failed = [c for c in run.get("checks", []) if not c.get("passed", False)]
+    failed = run.failed_checks
     if failed:
         reasons += [f"{name}: sanity check {c.get('name')} failed: {c.get('detail')}" for c in failed]
-    elif run.get("reliable") is not True:
-        reasons.append(f"{name}: marked unreliable: {'; '.join(run.get('unreliable_reasons') or ['no reason given'])}")
-    if not run.get("checks"):
+    elif run.reliable is not True:
+        reasons.append(f"{name}: marked unreliable: {'; '.join(run.unreliable_reasons or ['no reason given'])}")
+    if not run.checks:
         reasons.append(f"{name}: no sanity checks ran (evaluate without --no-checks)")
-    n = run.get("n")
-    if not isinstance(n, int) or n < min_n:
-        reasons.append(f"{name}: n={n} is below the minimum of {min_n} examples")
-    attacks = run.get("attacks") or []
-    any_autoattack = [a for a in attacks if attack_kind(a) == "autoattack"]
-    autoattack = [a for a in any_autoattack if is_float32(a)]
-    if any_autoattack and not autoattack:
+    if not isinstance(run.n, int) or run.n < min_n:
+        reasons.append(f"{name}: n={run.n} is below the minimum of {min_n} examples")
+    any_standard = [a for a in run.attacks if a.is_standard]
+    standard = [a for a in any_standard if a.is_float32]
+    if any_standard and not standard:
         reasons.append(f"{name}: AutoAttack ran only under mixed precision (amp=); a submission needs it in float32")
-    elif not autoattack:
+    elif not standard:
         reasons.append(f"{name}: no AutoAttack evaluation (add --attack autoattack)")
-    elif max(int(a.get("n") or 0) for a in autoattack) < min_n:
-        reasons.append(f"{name}: AutoAttack ran on {max(int(a.get('n') or 0) for a in autoattack)} examples, below the minimum of {min_n}")
-    if not any(a.get("adaptive") is True for a in attacks):
+    elif max(int(a.n or 0) for a in standard) < min_n:
+        reasons.append(f"{name}: AutoAttack ran on {max(int(a.n or 0) for a in standard)} examples, below the minimum of {min_n}")
+    if not any(a.adaptive is True for a in run.attacks):
         reasons.append(f"{name}: no adaptive attack (an attack that sees the whole defended pipeline)")
-    if not SHA256.match(str((run.get("model") or {}).get("sha256", ""))):
+    if not SHA256.match(str(run.model.get("sha256", ""))):
         reasons.append(f"{name}: model weights SHA-256 missing")
-    defense = run.get("defense")
-    if isinstance(defense, dict) and not SHA256.match(str(defense.get("sha256", ""))):
+    if isinstance(run.defense, dict) and not SHA256.match(str(run.defense.get("sha256", ""))):
         reasons.append(f"{name}: defense weights SHA-256 missing")
     return reasons
 
@@ -88,8 +80,11 @@ def rejection_reasons(doc: Any, min_n: int = DEFAULT_MIN_N) -> list[str]:
     if not isinstance(runs, list) or not runs:
         return reasons + ["no classifier runs: nothing to rank"]
     for i, run in enumerate(runs):
-        if isinstance(run, dict):
-            reasons += run_reasons(i, run, min_n)
+        try:
+            record = RunRecord.from_json(run)
+        except (KeyError, TypeError, AttributeError):
+            continue  # not a run at all: the schema errors above say why
+        reasons += run_reasons(i, record, min_n)
     return reasons
 
 
@@ -140,13 +135,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     path = Path(args.report)
     if path.is_dir():
         path = path / "report.json"
-    try:
-        raw = path.read_bytes()
-        doc = json.loads(raw)
-    except FileNotFoundError:
-        raise UserError(f"no report at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable JSON report: {exc}") from None
+    doc, raw = read_json(path, "JSON report")
     if args.min_n < 1:
         raise UserError(f"--min-n must be >= 1, got {args.min_n}")
     card = load_card(args.card)

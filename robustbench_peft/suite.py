@@ -12,8 +12,6 @@ from typing import Any
 from .errors import UserError
 from .options import PluginSpec, parse_plugin_spec
 
-#: Attack options handled by the runner rather than by the attack itself.
-RUNNER_OPTIONS = ("n", "mode", "eps", "amp")
 MODES = ("adaptive", "nonadaptive")
 
 

@@ -38,7 +38,6 @@ class ClassifierTarget(nn.Module):
         preprocess: module applied first (resize, crop, normalise); identity if None.
         name: the model spec, for reports.
         is_stochastic: the prediction is randomised (then EOT is needed).
-        differentiable: gradients w.r.t. the input are meaningful.
     """
 
     def __init__(
@@ -49,7 +48,6 @@ class ClassifierTarget(nn.Module):
         preprocess: nn.Module | None = None,
         name: str = "model",
         is_stochastic: bool = False,
-        differentiable: bool = True,
         forward_passes: int = 1,
     ) -> None:
         super().__init__()
@@ -59,7 +57,6 @@ class ClassifierTarget(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.name = name
         self.is_stochastic = is_stochastic
-        self.differentiable = differentiable
         self.forward_passes = forward_passes
         self.eval()
 
@@ -119,9 +116,6 @@ class ClassifierTarget(nn.Module):
 
     def weights_sha256(self) -> str:
         return state_dict_sha256(self.state_dict())
-
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
 def as_classifier_target(model: nn.Module, n_classes: int, input_shape: tuple[int, int, int], name: str) -> ClassifierTarget:

@@ -1,7 +1,10 @@
-"""Lp threat models in pixel space: distances, projection, random starts.
+"""Lp threat models in pixel space: distances, projection, random starts, ascent steps.
 
-Every attack's output passes through :func:`project` and :func:`violations`, so a
-bug inside one attack cannot produce an input outside the threat model.
+Every attack's output passes through :func:`project` and :func:`broken_rules`, so a
+bug inside one attack cannot produce an input outside the threat model. The
+evaluation PGD and the training-time adversaries (adversarial fine-tuning,
+adversarial prompts) take their steps with :func:`pgd_step` and start from
+:func:`random_start`: one geometry for crafting at training and at test time.
 """
 
 from __future__ import annotations
@@ -40,8 +43,7 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torc
         delta = delta.clamp(-eps, eps)
     else:
         norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-        factor = (eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
-        delta = delta * factor
+        delta = delta * _per_sample((eps / norms).clamp(max=1.0), x)
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -51,10 +53,27 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
         noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
     else:
         direction = torch.randn(x.shape, generator=generator)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        direction = direction / _per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
         radius = torch.rand(len(x), generator=generator).pow(1.0 / max(1, x[0].numel())) * eps
-        noise = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        noise = direction * _per_sample(radius, x)
     return (x + noise.to(x.device, x.dtype)).clamp(0.0, 1.0)
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample values shaped to broadcast over ``like``'s non-batch dimensions."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def ascent_step(grad: torch.Tensor, alpha: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent step of length ``alpha`` (a number or per-sample values) in the norm."""
+    if norm == "Linf":
+        return alpha * grad.sign()
+    return alpha * grad / _per_sample(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+
+
+def pgd_step(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float | torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """One PGD step: ascend along ``grad`` from ``x_adv``, project onto the eps-ball of ``x`` and [0,1]."""
+    return project(x, x_adv + ascent_step(grad, alpha, norm), eps, norm)
 
 
 def broken_rules(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> dict[str, torch.Tensor]:
@@ -64,8 +83,3 @@ def broken_rules(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) ->
     in_box = ((x_adv >= 0) & (x_adv <= 1)).flatten(1).all(1)
     in_ball = distance(x, torch.nan_to_num(x_adv), norm) <= eps + TOLERANCE
     return {"not_finite": ~finite, "outside_0_1": ~in_box, "outside_ball": ~in_ball}
-
-
-def violations(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> dict[str, int]:
-    """Counts of returned inputs that break the contract (must all be zero)."""
-    return {rule: int(mask.sum()) for rule, mask in broken_rules(x, x_adv, eps, norm).items()}

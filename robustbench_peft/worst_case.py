@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from .attack import AttackResult
+from .records import WorstCaseRecord
 from .report import bits
 
 Key = tuple[str, float]
@@ -47,16 +48,13 @@ class WorstCase:
         self.correct &= self.covered
         self.attacks.append(name)
 
+    def record(self) -> WorstCaseRecord:
+        """The report's row: flags as bit strings, accuracy over the ``n`` covered samples."""
+        return WorstCaseRecord(self.threat_model, self.eps, self.robust_accuracy, list(self.attacks),
+                               bits(self.correct.tolist()), n=self.n, covered=bits(self.covered.tolist()))
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "threat_model": self.threat_model,
-            "eps": self.eps,
-            "robust_accuracy": self.robust_accuracy,
-            "n": self.n,
-            "attacks": list(self.attacks),
-            "correct": bits(self.correct.tolist()),
-            "covered": bits(self.covered.tolist()),
-        }
+        return self.record().to_json()
 
 
 def display_name(result: AttackResult, source: str = "") -> str:

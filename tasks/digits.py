@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from robustbench_peft.cache import cached_tensors
 from robustbench_peft.errors import UserError
+from robustbench_peft.models.file_family import register_architecture
 from robustbench_peft.registry import register_model, register_task
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
@@ -90,6 +92,14 @@ class TrainRecipe:
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": DigitsCNN, "surrogate": DigitsMLP}
 RECIPES = {"cnn": TrainRecipe("cnn"), "surrogate": TrainRecipe("surrogate", seed=1)}
+
+
+@register_architecture("digits")
+def digits_architecture(name: str, num_classes: int, model_args: dict[str, Any]) -> nn.Module:
+    """``file:`` sidecars naming ``digits:cnn`` or ``digits:surrogate`` rebuild the network from here."""
+    if name not in ARCHITECTURES:
+        raise UserError(f"unknown digits architecture {name!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name](num_classes, **model_args)
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: TrainRecipe) -> nn.Module:

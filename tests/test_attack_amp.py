@@ -38,8 +38,7 @@ def recorded(cnn):
 def test_bf16_crafting_is_scored_in_float32(recorded, small_batch):
     wrapper, target = recorded
     x, y = small_batch
-    attack = PGD(steps=5, progress=False)
-    attack.amp = "bf16"
+    attack = PGD(steps=5, progress=False, amp="bf16")
     result = attack(target, x, y, [0.1])
     autocast_flags = [on for on, _ in wrapper.seen]
     assert autocast_flags[0] is False and autocast_flags[-1] is False  # clean prediction and re-measurement
@@ -75,13 +74,14 @@ def test_runner_option_validates_and_sets_amp(small_batch, cnn):
 
 def test_eval_reports_the_precision_and_submit_wants_float32_autoattack(tmp_path):
     from robustbench_peft.cli import main
+    from robustbench_peft.records import RunRecord
 
     out = tmp_path / "run"
     assert main(["eval", "--suite", "quick", "--attack", "pgd:steps=3,amp=bf16", "--eps", "0.1", "--n", "32", "--no-checks", "--quiet", "--out", str(out)]) == 0
     run = json.loads((out / "report.json").read_text())["runs"][0]
     assert [a["name"] for a in run["attacks"]] == ["pgd-3@bf16"] and run["attacks"][0]["config"]["amp"] == "bf16"
-    autoattack = {"name": "autoattack-apgd-ce@bf16", "n": 1000, "adaptive": True, "config": {"attack": "autoattack", "amp": "bf16"}}
-    reasons = run_reasons(0, {**run, "n": 1000, "attacks": [autoattack]}, min_n=100)
+    autoattack = {**run["attacks"][0], "name": "autoattack-apgd-ce@bf16", "n": 1000, "adaptive": True, "standard": True, "config": {"attack": "autoattack", "amp": "bf16"}}
+    reasons = run_reasons(0, RunRecord.from_json({**run, "n": 1000, "attacks": [autoattack]}), min_n=100)
     assert any("only under mixed precision" in r for r in reasons)
-    reasons = run_reasons(0, {**run, "n": 1000, "attacks": [{**autoattack, "config": {"attack": "autoattack"}}]}, min_n=100)
+    reasons = run_reasons(0, RunRecord.from_json({**run, "n": 1000, "attacks": [{**autoattack, "config": {"attack": "autoattack"}}]}), min_n=100)
     assert not any("AutoAttack" in r for r in reasons)

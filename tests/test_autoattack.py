@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.autoattack import BACKENDS, AutoAttackAdapter, adjust_components, parse_messages
+from attacks.autoattack import AutoAttackAdapter, adjust_components
+from attacks.autoattack_backends import BACKENDS
+from attacks.autoattack_log import parse_messages
 from robustbench_peft.errors import UserError
 from robustbench_peft.options import PluginSpec
 from robustbench_peft.registry import ATTACKS

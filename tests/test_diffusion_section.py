@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_peft.diffusion_section import run_diffusion_section, section_tables
-from robustbench_peft.registry import SUITES, TASKS
+from unlearning.diffusion_section import DiffusionSection, section_tables
+from robustbench_peft.registry import SUITES, T2I_TASKS
 from robustbench_peft.suite import Suite
 from robustbench_peft.t2i.attack_base import PromptItem
+from robustbench_peft.t2i.task import T2IConceptTask
 from robustbench_peft.t2i.unlearn_base import ForgetRequest
-from tasks.t2i_concepts import T2IConceptTask
 from test_t2i_helpers import tiny_digits_target
 
 
@@ -40,12 +40,13 @@ class QuietRunner:
 
 def test_section_reports_pre_asr_asr_kept_accuracy_and_grid(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path))
-    TASKS.get("digits-t2i")  # loads the plug-ins before the test entry is added
-    monkeypatch.setitem(TASKS._entries, "tiny-t2i", TASKS._entries["digits-t2i"].__class__("task", "tiny-t2i", tiny_task, "tiny"))
+    T2I_TASKS.get("digits-t2i")  # loads the plug-ins before the test entry is added
+    monkeypatch.setitem(T2I_TASKS._entries, "tiny-t2i", T2I_TASKS._entries["digits-t2i"].__class__("task", "tiny-t2i", tiny_task, "tiny"))
     suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
         "task": "tiny-t2i", "task_options": {}, "unlearners": ["esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2"],
         "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=2", "random_tokens:k=2,trials=1"], "grid": 2}})
-    section = run_diffusion_section(suite, QuietRunner())
+    result = DiffusionSection().run(suite, QuietRunner())
+    section = {**result.data, "html": DiffusionSection().html(result.data, result.files)}  # the grid as the page renders it
     rows = section["rows"]
     assert [(r["unlearner"], r["attack"]) for r in rows] == [("none (original)", "no_attack")] + [
         (u, a) for u in ("esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2")

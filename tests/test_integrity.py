@@ -123,8 +123,7 @@ def test_early_stop_needs_the_evaluated_model_in_float32(cnn, small_batch):
     believed, checked = bf16_accuracy(Credulous(liar)), bf16_accuracy(referee)
     assert believed > checked + 0.15  # frozen on a lie, samples count as robust
     assert referee.disagreements > 0
-    attack = PGD(steps=10, progress=False)
-    attack.amp = "bf16"
+    attack = PGD(steps=10, progress=False, amp="bf16")
     assert attack(liar, x, y, [0.1]).details["referee"]["disagreements"] > 0  # recorded in the details
     assert PGD(steps=10, progress=False)(cnn, x, y, [0.1]).details["referee"]["disagreements"] == 0
 

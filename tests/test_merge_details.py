@@ -119,7 +119,8 @@ def _autoattack_adapter():
 def test_merge_results_of_three_autoattack_chunks_equals_one_run_over_all_samples():
     """Real AutoAttack details of 3 chunks (the last one has nothing left at the larger eps)
     merge to the details the adapter reports for one run holding the summed records."""
-    from attacks.autoattack import ComponentLog
+    from attacks.autoattack import eps_record
+    from attacks.autoattack_log import ComponentLog
 
     eps, components = [0.05, 0.1], ["apgd-ce", "apgd-t"]
     plan = {"requested": components, "components": components, "n_target_classes": 1, "adjustments": []}
@@ -129,27 +130,22 @@ def test_merge_results_of_three_autoattack_chunks_equals_one_run_over_all_sample
         (4, ["w-a", "w-b"], {0.05: (3, {"apgd-ce": 1}, {"apgd-ce": 0.5, "apgd-t": 1.0}), 0.1: (2, {"apgd-ce": 2}, {"apgd-ce": 0.25, "apgd-t": 0.25})}),
         (2, [], {0.05: (1, {"apgd-ce": 1}, {"apgd-ce": 0.125, "apgd-t": 0.125})}),
     ]
-    results, whole = [], _autoattack_adapter()
-    whole._reset(eps, sum(n for n, _, _ in chunks))
-    whole._setup = plan
+    results, whole, whole_records = [], _autoattack_adapter(), {}
     for n, warns, records in chunks:
-        adapter = _autoattack_adapter()
-        adapter._reset(eps, n)
-        adapter._setup = plan
+        adapter, chunk_records = _autoattack_adapter(), {}
         for e, (attacked, fooled, seconds) in records.items():
-            adapter._record(e, attacked, attacked - sum(fooled.values()), components, ComponentLog(dict(fooled), dict(seconds), list(warns)))
+            chunk_records[e] = eps_record(e, attacked, attacked - sum(fooled.values()), plan, ComponentLog(dict(fooled), dict(seconds), list(warns)))
         correct = torch.zeros(len(eps), n, dtype=torch.bool)
         results.append(AttackResult(name="autoattack-custom", threat_model="Linf", eps=eps, correct=correct, x_adv=[], seconds=1.0,
-                                    config={"attack": "autoattack"}, details=adapter.details(), invalid=[{"norm": 0} for _ in eps]))
+                                    config={"attack": "autoattack"}, details=adapter.details(chunk_records, eps, n), invalid=[{"norm": 0} for _ in eps]))
     for e in eps:  # the single run's records: counts summed over the chunks
         attacked = sum(r[e][0] for _, _, r in chunks if e in r)
         fooled = {c: sum(r[e][1].get(c, 0) for _, _, r in chunks if e in r) for c in components}
-        whole._record(e, attacked, attacked - sum(fooled.values()), components, ComponentLog(fooled, {}, []))
-    whole._warnings = ["w-a", "w-b"]
+        whole_records[e] = eps_record(e, attacked, attacked - sum(fooled.values()), plan, ComponentLog(fooled, {}, ["w-a", "w-b"]))
 
     merged = merge_results(results, seed=0)
     assert merged.correct.shape == (2, 10) and merged.seconds == 3.0
-    expected = whole.details()
+    expected = whole.details(whole_records, eps, sum(n for n, _, _ in chunks))
     got = merged.details
     assert [r["seconds"] for e in got["per_eps"] for r in e["accuracy_after"]] == pytest.approx([0.0, 1.125, 1.25, 0.0, 0.5, 0.25])
     assert [[r.pop("n_covered", None) for r in e["accuracy_after"]] for e in got["per_eps"]] == [[None, None, None], [None, 8, 8]]

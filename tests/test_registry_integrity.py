@@ -66,7 +66,7 @@ def fresh_loader(monkeypatch):
 
 
 def test_a_builtin_module_that_is_missing_raises_naming_it(fresh_loader):
-    fresh_loader.setattr(registry, "BUILTIN_PLUGIN_MODULES", (*registry.BUILTIN_PLUGIN_MODULES, "tasks.no_such_plugin_module"))
+    fresh_loader.setattr(registry, "BUILTIN_PACKAGES", (*registry.BUILTIN_PACKAGES, "tasks.no_such_plugin_module"))
     for _ in range(2):  # not left marked as loaded: the second call fails as loudly
         with pytest.raises(RuntimeError, match="tasks.no_such_plugin_module") as err:
             registry.load_plugins()
@@ -77,7 +77,7 @@ def test_a_builtin_module_that_is_missing_raises_naming_it(fresh_loader):
 def test_a_builtin_module_that_breaks_on_import_raises_naming_it(fresh_loader, tmp_path):
     (tmp_path / "broken_builtin_plugin.py").write_text("raise ValueError('bad option table')\n")
     fresh_loader.syspath_prepend(str(tmp_path))
-    fresh_loader.setattr(registry, "BUILTIN_PLUGIN_MODULES", ("broken_builtin_plugin",))
+    fresh_loader.setattr(registry, "BUILTIN_PACKAGES", ("broken_builtin_plugin",))
     with pytest.raises(RuntimeError, match="broken_builtin_plugin.*bad option table") as err:
         registry.load_plugins()
     assert isinstance(err.value.__cause__, ValueError)

@@ -12,7 +12,9 @@ import re
 import pytest
 
 from robustbench_peft import render
+from robustbench_peft.registry import Entry
 from robustbench_peft.report import Report, summarize_run
+from robustbench_peft.section import SECTIONS, Section
 from test_leaderboard import fake_report, fake_run
 
 
@@ -42,9 +44,25 @@ def default_like_runs() -> list[dict]:
     return [bare, lowered, unreliable]
 
 
+def toy_section(monkeypatch, tables) -> None:
+    """Register a report section "toy" whose tables are ``tables(data)`` and whose HTML is its data's ``html``."""
+
+    class Toy(Section):
+        name = "toy"
+
+        def tables(self, data):
+            return tables(data)
+
+        def html(self, data, files):
+            return data.get("html", "")
+
+    SECTIONS.get("unlearning")  # loads the plug-ins before the test entry is added
+    monkeypatch.setitem(SECTIONS._entries, "toy", Entry("report section", "toy", Toy, "toy"))
+
+
 @pytest.fixture
 def report(monkeypatch) -> Report:
-    monkeypatch.setitem(render.SECTION_TABLES, "toy", lambda section: [("Toy section", ["method", "score"], [[row, 1] for row in section["rows"]])])
+    toy_section(monkeypatch, lambda section: [("Toy section", ["method", "score"], [[row, 1] for row in section["rows"]])])
     return Report.from_json(fake_report(*default_like_runs(), toy={"rows": ["a", "b"], "summary": ["toy: a beats b"], "html": "<p id='toy-grid'>grid</p>"}))
 
 
@@ -139,7 +157,7 @@ def test_terminal_summary_leads_with_a_fixed_width_table(report):
 
 
 def test_a_report_of_sections_only_leads_with_its_sections(monkeypatch):
-    monkeypatch.setitem(render.SECTION_TABLES, "toy", lambda section: [("Toy section", ["method"], [["a"]])])
+    toy_section(monkeypatch, lambda section: [("Toy section", ["method"], [["a"]])])
     doc = fake_report(toy={"rows": ["a"]})
     doc["runs"] = []
     report = Report.from_json(doc)

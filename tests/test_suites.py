@@ -9,7 +9,8 @@ from robustbench_peft.options import PluginSpec
 from robustbench_peft.registry import ATTACKS, DEFENSES, SUITES
 from robustbench_peft.render import defense_table, efficiency_plot, main_worst_case
 from robustbench_peft.report import Report
-from robustbench_peft.runner import SECTION_RUNNERS, prepare_attack
+from robustbench_peft.runner import prepare_attack
+from robustbench_peft.section import SECTIONS as SECTION_RUNNERS
 
 
 def test_default_suite_covers_every_classifier_capability():

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_peft.t2i.embedded import (REQUIRED_FILES, DigitsT2IRecipe, digit_prompt, is_complete, load_digits_t2i,
-                                           model_dir, training_prompts, vocabulary)
+from tasks.t2i_digits_model import (REQUIRED_FILES, DigitsT2IRecipe, digit_prompt, is_complete, load_digits_t2i, model_dir,
+                                    training_prompts, vocabulary)
 
 TINY = DigitsT2IRecipe(steps=2, batch_size=8, channels=(8, 16), text_hidden=32, text_layers=1, seed=5)
 

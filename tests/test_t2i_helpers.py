@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_peft.t2i.embedded import DigitsT2IRecipe, build_scheduler, build_text_encoder, build_tokenizer
+from tasks.t2i_digits_model import DigitsT2IRecipe, build_scheduler, build_text_encoder, build_tokenizer
 from robustbench_peft.t2i.target import TextToImageTarget
 
 

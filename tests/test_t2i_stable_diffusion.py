@@ -110,7 +110,7 @@ def given_unet_options(sd_folder, tmp_path, monkeypatch, prompts_csv: str) -> di
 
 def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_path, monkeypatch):
     pytest.importorskip("nudenet")
-    from robustbench_peft.diffusion_section import run_diffusion_section
+    from unlearning.diffusion_section import run_diffusion_section
     from robustbench_peft.suite import Suite
 
     options = given_unet_options(sd_folder, tmp_path, monkeypatch, "prompt,seed,guidance\na photo of a person,1,3.0\na painting,2,\n")
@@ -122,7 +122,7 @@ def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_pat
         def log(self, message):
             pass
 
-    section = run_diffusion_section(suite, Quiet())
+    section = run_diffusion_section(suite, Quiet()).data
     assert [(r["unlearner"], r["attack"]) for r in section["rows"]] == [
         ("none (original)", "no_attack"), ("given (unet=)", "no_attack"), ("given (unet=)", "unlearndiff:k=2,timesteps=1,inner_steps=1")]
     assert section["judge"] == "nudenet" and all(r["kept_accuracy"] is None for r in section["rows"])

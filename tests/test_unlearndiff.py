@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attacks.simplex import project_simplex
 from attacks.unlearndiff import NoAttack, RandomTokens, UnlearnDiff, insert_slots
 from robustbench_peft.t2i.attack_base import PromptItem
-from robustbench_peft.t2i.simplex import project_simplex
 from test_t2i_helpers import FixedJudge, tiny_digits_target
 
 PROMPT = "a handwritten digit three"

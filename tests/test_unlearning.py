@@ -11,7 +11,7 @@ from robustbench_peft.cache import state_dict_sha256
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import UNLEARNERS
 from robustbench_peft.suite import Suite
-from unlearning.base import ForgetData, trainable_copy
+from robustbench_peft.unlearner import ForgetData, trainable_copy
 from unlearning.baselines import RandomLabel, Retrain, reinitialize
 from unlearning.metrics import GAP_METRICS, avg_gap, evaluate, mia_efficacy
 from unlearning.salun import SalUn, forget_gradients, saliency_mask

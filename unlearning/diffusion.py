@@ -1,7 +1,8 @@
-"""Concept unlearning for text-to-image targets: ESD and SalUn's diffusion form (``salun-dm``).
+"""Concept unlearning for text-to-image targets: ESD and SalUn's diffusion form.
 
-Registered as unlearners ``esd`` and ``salun-dm`` (the name ``salun`` belongs to
-the classifier method). Both fine-tune only the UNet.
+Registered as text-to-image unlearners ``esd`` and ``salun`` (also accepted as
+``salun-dm``; its method name, which keys its cached UNets, stays ``salun-dm``).
+Both fine-tune only the UNet.
 
 * ESD (Gandikota et al.): the UNet under the erased prompt c is trained to
   follow the frozen original's negatively guided prediction
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from robustbench_peft.errors import UserError
-from robustbench_peft.registry import register_unlearner
+from robustbench_peft.registry import register_t2i_unlearner
 from robustbench_peft.t2i.target import TextToImageTarget
 from robustbench_peft.t2i.unlearn_base import ForgetRequest, T2IUnlearner, seeded_batches
 
@@ -58,7 +59,7 @@ def noised(target: TextToImageTarget, x0: torch.Tensor, gen: torch.Generator) ->
 ESD_SAMPLING = ("noised", "partial")
 
 
-@register_unlearner("esd")
+@register_t2i_unlearner("esd")
 class ESD(T2IUnlearner):
     """ESD: fine-tune the UNet to follow the frozen model's negative guidance away from the erased prompt.
 
@@ -146,7 +147,8 @@ def saliency_masks(target: TextToImageTarget, unet: nn.Module, request: ForgetRe
     return {n: g >= threshold for n, g in grads.items()}
 
 
-@register_unlearner("salun-dm")
+@register_t2i_unlearner("salun-dm", description="alias of salun")
+@register_t2i_unlearner("salun")
 class SalUnDM(T2IUnlearner):
     """SalUn for diffusion: saliency-masked update, forget prompt -> pseudo prompt prediction, + alpha * retain loss."""
 

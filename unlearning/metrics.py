@@ -17,8 +17,7 @@ import torch
 from robustbench_peft.registry import ATTACKS
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
-
-from .scenarios import ForgetScenario
+from robustbench_peft.unlearner import ForgetScenario
 
 #: Metrics averaged by Avg. Gap (each compared with Retrain).
 GAP_METRICS = ("UA", "RA", "TA", "MIA")

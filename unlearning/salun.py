@@ -10,17 +10,20 @@ bit-identical to the original.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from robustbench_peft.config import option, require
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_unlearner
 from robustbench_peft.targets import ClassifierTarget
+from robustbench_peft.unlearner import ForgetData
 
-from .base import ForgetData
 from .baselines import RandomLabel, _ce
+from .training import GradientConfig
 
 #: Samples per backward pass while accumulating the saliency gradient.
 SALIENCY_BATCH = 256
@@ -62,37 +65,33 @@ def saliency_mask(grads: dict[str, torch.Tensor], fraction: float) -> dict[str, 
     return masks
 
 
+@dataclass(frozen=True)
+class SalUnConfig(GradientConfig):
+    """Options of ``salun``: the approximate methods' budget and the saliency fraction."""
+
+    plugin: ClassVar[str] = "salun"
+
+    fraction: float = option(0.5, "fraction of the weights updated: the most forget-salient ones, in (0, 1]")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.plugin, {f"fraction must be in (0, 1], got {self.fraction}": 0 < self.fraction <= 1})
+
+
 @register_unlearner("salun")
 class SalUn(RandomLabel):
     """SalUn: random labels on the forget set + CE on retain, updating only the most forget-salient weights."""
 
     name = "salun"
-
-    def __init__(
-        self,
-        epochs: int = 5,
-        lr: float = 0.01,
-        batch_size: int = 64,
-        optimizer: str = "sgd",
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        fraction: float = 0.5,
-        seed: int = 0,
-        threads: int = 1,
-    ) -> None:
-        super().__init__(epochs, lr, batch_size, optimizer, momentum, weight_decay, seed, threads)
-        if not 0 < fraction <= 1:
-            raise UserError(f"salun: fraction must be in (0, 1], got {fraction}")
-        self.fraction = float(fraction)
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "fraction": self.fraction}
+    config_class = SalUnConfig
+    config: SalUnConfig
 
     def label(self) -> str:
-        return self.name if self.fraction == 0.5 else f"{self.name}:fraction={self.fraction:g}"
+        fraction = self.config.fraction
+        return self.name if fraction == 0.5 else f"{self.name}:fraction={fraction:g}"
 
     def update(self, model: ClassifierTarget, data: ForgetData, generator: torch.Generator) -> dict[str, float]:
-        masks = saliency_mask(forget_gradients(model, data), self.fraction)
+        masks = saliency_mask(forget_gradients(model, data), self.config.fraction)
         params = dict(model.model.named_parameters())
         frozen = {n: params[n].detach().clone() for n in params}
 

@@ -1,83 +1,20 @@
 """Forget scenarios: which training samples an unlearner must forget.
 
-A scenario splits a task's training split into disjoint forget / retain index
-sets that together cover it. Class-wise forgetting removes one class; random
+A scenario (:class:`robustbench_peft.unlearner.ForgetScenario`) splits a task's
+training split into disjoint forget / retain index sets that together cover it. Class-wise forgetting removes one class; random
 forgetting removes a seeded fraction of the samples. Builders live in
 :data:`SCENARIOS`, keyed by the name used in suite configurations.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from robustbench_peft.errors import UserError
 from robustbench_peft.task import ClassificationTask
-
-
-@dataclass(frozen=True)
-class ForgetScenario:
-    """Disjoint, sorted forget / retain indices of a task's training split.
-
-    ``forgotten_class`` is set for class-wise forgetting, where the test split
-    also splits into kept-class and forgotten-class samples.
-    """
-
-    kind: str
-    forget_idx: torch.Tensor
-    retain_idx: torch.Tensor
-    seed: int
-    forgotten_class: int | None = None
-    fraction: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.kind
-
-    def describe(self, task: ClassificationTask) -> str:
-        if self.forgotten_class is not None:
-            return f"class-wise: forget class {self.forgotten_class} ({task.class_names[self.forgotten_class]}), {len(self.forget_idx)} training samples"
-        return f"random: forget {100 * (self.fraction or 0):g}% of the training split ({len(self.forget_idx)} samples, seed {self.seed})"
-
-    def indices_sha256(self) -> str:
-        """Identity of the split itself, so any change of it changes cache keys."""
-        digest = hashlib.sha256()
-        digest.update(self.forget_idx.to(torch.int64).numpy().tobytes())
-        digest.update(b"|")
-        digest.update(self.retain_idx.to(torch.int64).numpy().tobytes())
-        return digest.hexdigest()
-
-    def recipe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "seed": self.seed,
-            "forgotten_class": self.forgotten_class,
-            "fraction": self.fraction,
-            "n_forget": len(self.forget_idx),
-            "n_retain": len(self.retain_idx),
-            "indices_sha256": self.indices_sha256(),
-        }
-
-    def kept_test_mask(self, task: ClassificationTask) -> torch.Tensor:
-        """Test samples the unlearned model should still classify (all of them for random forgetting)."""
-        if self.forgotten_class is None:
-            return torch.ones(len(task.y_test), dtype=torch.bool)
-        return task.y_test != self.forgotten_class
-
-    def to_json(self, task: ClassificationTask) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "description": self.describe(task),
-            "seed": self.seed,
-            "forgotten_class": self.forgotten_class,
-            "fraction": self.fraction,
-            "n_forget": len(self.forget_idx),
-            "n_retain": len(self.retain_idx),
-            "indices_sha256": self.indices_sha256(),
-        }
+from robustbench_peft.unlearner import ForgetScenario
 
 
 def _complement(n: int, forget: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The ``unlearning`` report section and suite: every unlearner on every forget scenario.
 
-Importing this module registers the unlearners, the section runner, its
-Markdown/HTML tables and plot, and the ``unlearning`` suite. A suite configures
+Importing this module registers the unlearners, the section (:class:`UnlearningSection`:
+its run, tables, plot, summary and the ``unlearning`` claim metric) and the
+``unlearning`` suite. A suite configures
 the section through ``suite.extra["unlearning"]`` (keys of :data:`PRESETS`);
 without it, the cheap ``quick`` preset runs (class-wise forgetting, retrain and
 SalUn), which is what the default ``digits`` suite can include.
@@ -15,14 +16,15 @@ from typing import Any
 from robustbench_peft.errors import UserError
 from robustbench_peft.options import build, parse_plugin_spec
 from robustbench_peft.registry import UNLEARNERS, register_suite
-from robustbench_peft.render import SECTION_PLOTS, SECTION_TABLES
-from robustbench_peft.runner import Runner, load_task, register_section
+from robustbench_peft.report import Report
+from robustbench_peft.runner import Runner, load_task
+from robustbench_peft.section import Section, SectionResult, register_section
 from robustbench_peft.suite import Suite, name_list, section_settings
 from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
+from robustbench_peft.threads import torch_threads
+from robustbench_peft.unlearner import Unlearner
 
-from . import baselines, salun  # noqa: F401  (registers the unlearners)
-from .base import Unlearner, torch_threads
 from .metrics import GAP_METRICS, avg_gap, evaluate
 from .scenarios import SCENARIOS, ForgetScenario, make_scenario
 from .view import section_plot, section_tables
@@ -113,7 +115,6 @@ def summary_lines(scenarios: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-@register_section(SECTION, check=section_config)
 def run_unlearning_section(suite: Suite, runner: Runner) -> dict[str, Any]:
     """Unlearn every scenario with every method; metrics, gaps to retrain and PGD robustness."""
     config = section_config(suite)
@@ -134,8 +135,50 @@ def run_unlearning_section(suite: Suite, runner: Runner) -> dict[str, Any]:
     }
 
 
-SECTION_TABLES[SECTION] = section_tables
-SECTION_PLOTS[SECTION] = section_plot
+def metric_value(data: dict[str, Any], claim: Any) -> float:
+    """A value of the section for a claim: ``key`` (UA, RA, TA, MIA, avg_gap, ...) of ``method`` in ``scenario``
+    (``method`` defaults to the claim's unlearner)."""
+    if not isinstance(data, dict) or not data.get("scenarios"):
+        raise UserError("the report has no unlearning section")
+    metric = claim.metric
+    scenarios = data["scenarios"]
+    if "scenario" in metric:
+        scenarios = [s for s in scenarios if s["kind"] == metric["scenario"]]
+    if len(scenarios) != 1:
+        raise UserError(f"the metric must name one scenario; the report has: {', '.join(s['kind'] for s in data['scenarios'])}")
+    unlearner = claim.evaluation.get("unlearner")
+    method = metric.get("method") or (_spec_name(unlearner) if unlearner else None)
+    rows = [r for r in scenarios[0]["rows"] if method in (r["method"], r["label"])]
+    if not rows:
+        raise UserError(f"no row for method {method!r}; rows: {', '.join(r['label'] for r in scenarios[0]['rows'])}")
+    key = metric.get("key")
+    if key is None or rows[0].get(key) is None:
+        known = ", ".join(k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        raise UserError(f"metric key {key!r} has no value in row {rows[0]['label']!r}; numeric keys: {known}")
+    return float(rows[0][key])
+
+
+def _spec_name(value: Any) -> str:
+    """The plug-in name of a claim's spec: ``"salun:fraction=0.5"`` or ``{"name": "salun", ...}``."""
+    return value["name"] if isinstance(value, dict) else parse_plugin_spec(value).name
+
+
+@register_section
+class UnlearningSection(Section):
+    """Classifier unlearning: every unlearner on every forget scenario, gaps to retrain."""
+
+    name = SECTION
+    check = staticmethod(section_config)
+    tables = staticmethod(section_tables)
+
+    def run(self, suite: Suite, runner: Runner) -> SectionResult:
+        return SectionResult(run_unlearning_section(suite, runner))
+
+    def plot(self, data: dict[str, Any]) -> bytes | None:
+        return section_plot(Report(runs=[], environment={}, suite={}, created="", sections={SECTION: data}))
+
+    def claim_metrics(self) -> dict[str, Any]:
+        return {SECTION: metric_value}
 
 
 @register_suite("unlearning")

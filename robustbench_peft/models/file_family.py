@@ -34,6 +34,7 @@ from .preprocessing import PreprocessConfig, make_target
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR = "config.json"
 #: Architecture family -> builder(name, num_classes, model_args) returning an untrained nn.Module.
+#: Hubs register here; a task with networks of its own registers them from its module.
 ARCHITECTURES: dict[str, Callable[[str, int, dict[str, Any]], nn.Module]] = {}
 
 
@@ -61,15 +62,6 @@ def _torchvision_architecture(name: str, num_classes: int, model_args: dict[str,
     from .torchvision_family import build
 
     return build(name, num_classes, model_args, f"torchvision architecture {name}")
-
-
-@register_architecture("digits")
-def _digits_architecture(name: str, num_classes: int, model_args: dict[str, Any]) -> nn.Module:
-    from tasks.digits import ARCHITECTURES as DIGITS
-
-    if name not in DIGITS:
-        raise UserError(f"unknown digits architecture {name!r}; choose one of {', '.join(sorted(DIGITS))}")
-    return DIGITS[name](num_classes, **model_args)
 
 
 def locate(path: Path, spec: str) -> tuple[Path, Path | None]:

@@ -1,4 +1,4 @@
-"""The small base of diffusion attacks: one prompt in, one judged result out.
+"""The contract of prompt attacks: one prompt in, one judged result out.
 
 Classifier attacks perturb pixels within an eps ball; a diffusion attack edits
 the prompt and is judged on the image the target generates from it. The base
@@ -10,11 +10,13 @@ own bookkeeping.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .judge import Judge
 from .target import TextToImageTarget
 
 
@@ -46,21 +48,22 @@ class PromptResult:
                 "steps": int(self.steps), "seconds": round(float(self.seconds), 3), **self.details}
 
 
-class T2IAttack:
+class PromptAttack(ABC):
     """Base class: subclasses implement :meth:`search`; :meth:`run` times, re-generates and judges."""
 
-    name = "t2i-attack"
+    name = "prompt-attack"
     needs_reference = False  # True: the attack wants the original model's image of the prompt
 
-    def search(self, target: TextToImageTarget, item: PromptItem, judge, reference: torch.Tensor | None) -> tuple[str, int, dict]:
+    @abstractmethod
+    def search(self, target: TextToImageTarget, item: PromptItem, judge: Judge,
+               reference: torch.Tensor | None) -> tuple[str, int, dict]:
         """Return (prompt to generate with, steps spent, details)."""
-        raise NotImplementedError
 
-    def judge_prompt(self, target: TextToImageTarget, item: PromptItem, judge, prompt: str) -> tuple[bool, torch.Tensor]:
+    def judge_prompt(self, target: TextToImageTarget, item: PromptItem, judge: Judge, prompt: str) -> tuple[bool, torch.Tensor]:
         image = target.generate(prompt, [item.seed], guidance=item.guidance)
         return bool(judge.present(image, item.concept)[0]), image[0]
 
-    def run(self, target: TextToImageTarget, item: PromptItem, judge, reference: torch.Tensor | None = None) -> PromptResult:
+    def run(self, target: TextToImageTarget, item: PromptItem, judge: Judge, reference: torch.Tensor | None = None) -> PromptResult:
         start = time.perf_counter()
         prompt, steps, details = self.search(target, item, judge, reference)
         success, image = self.judge_prompt(target, item, judge, prompt)

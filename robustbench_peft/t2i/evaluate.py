@@ -7,20 +7,19 @@ not attacked again; pre-ASR is always reported next to it.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import torch
 
-from .attack_base import PromptItem, PromptResult, T2IAttack
+from .attack_base import PromptAttack, PromptItem, PromptResult
+from .judge import Judge
 from .target import TextToImageTarget
 
 
-def judged_rate(target: TextToImageTarget, items: list[PromptItem], judge, batch_size: int = 100) -> tuple[float | None, torch.Tensor]:
+def judged_rate(target: TextToImageTarget, items: list[PromptItem], judge: Judge, batch_size: int = 100) -> tuple[float | None, torch.Tensor]:
     """Share of items whose generation the judge finds its concept in (None without items), and the images."""
     if not items:
         return None, torch.empty(0)
-    hits, images = [], []
     groups: dict[float | None, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(it.guidance, []).append(i)
@@ -36,7 +35,7 @@ def judged_rate(target: TextToImageTarget, items: list[PromptItem], judge, batch
     return sum(hits) / len(hits), images
 
 
-def attack_all(attack: T2IAttack, name: str, target: TextToImageTarget, items: list[PromptItem], judge,
+def attack_all(attack: PromptAttack, name: str, target: TextToImageTarget, items: list[PromptItem], judge: Judge,
                references: torch.Tensor | None, pre: list[PromptResult] | None, log: Callable[[str], None]) -> list[PromptResult]:
     """Run ``attack`` on every item; items the plain prompt already breaks are counted, not re-attacked."""
     results = []

@@ -9,9 +9,8 @@ Stable Diffusion (latent space, VAE). Attacks work through ``encode`` /
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -195,14 +194,3 @@ class TextToImageTarget:
         unet.requires_grad_(True)
         unet.train()
         return unet
-
-
-@contextmanager
-def torch_threads(n: int = 2) -> Iterator[None]:
-    """Run a block with ``n`` intra-op threads (this machine's cores), then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -8,9 +8,9 @@ forget request and the base model's identity.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -59,7 +59,7 @@ def base_identity(target: TextToImageTarget) -> str:
     return str(ident) if ident else state_dict_sha256(target.unet.state_dict())
 
 
-class T2IUnlearner:
+class T2IUnlearner(ABC):
     """Base: subclasses implement :meth:`update` on a trainable UNet copy."""
 
     method = "t2i-unlearner"
@@ -70,8 +70,9 @@ class T2IUnlearner:
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in self.NOT_IN_RECIPE}
 
+    @abstractmethod
     def update(self, target: TextToImageTarget, unet: torch.nn.Module, request: ForgetRequest) -> torch.nn.Module:
-        raise NotImplementedError
+        """The UNet copy after erasing ``request``'s concept (trained in place or replaced)."""
 
     def unlearn(self, target: TextToImageTarget, request: ForgetRequest, log: Callable[[str], None] = lambda s: None) -> T2IUnlearnResult:
         recipe = {"method": self.method, "config": self.config(), "request": request.key(), "base": base_identity(target),

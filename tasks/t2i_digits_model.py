@@ -1,4 +1,4 @@
-"""The embedded ``digits`` text-to-image model: trained by the suite, cached in Hugging Face formats.
+"""The embedded digits text-to-image model: trained by the suite, cached in Hugging Face formats.
 
 A pixel-space, text-conditioned diffusers UNet at the digits' native 8x8, a
 small CLIP text encoder (transformers ``CLIPTextModel``) and a word-level
@@ -28,9 +28,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..cache import cache_dir, recipe_hash
-from ..errors import UserError
-from .target import TextToImageTarget, torch_threads
+from robustbench_peft.cache import cache_dir, recipe_hash
+from robustbench_peft.errors import UserError
+from robustbench_peft.t2i.target import TextToImageTarget
+from robustbench_peft.threads import torch_threads
+
+from .digits import digits_task
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 #: Training prompt templates; ``{d}`` is the digit's word.
@@ -142,8 +145,6 @@ def training_prompts(labels: torch.Tensor, generator: torch.Generator, dropout: 
 
 def train(recipe: DigitsT2IRecipe, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Jointly train UNet and text encoder (EMA copies are what is kept); returns the parts and timings."""
-    from tasks.digits import digits_task
-
     torch.manual_seed(recipe.seed)
     task = digits_task()
     x, y = task.x_train * 2 - 1, task.y_train
@@ -249,26 +250,3 @@ def load_digits_t2i(recipe: DigitsT2IRecipe | None = None, log: Callable[[str], 
         return load_folder(folder)
     except Exception as exc:  # a folder damaged after its check: say where, so it can be removed
         raise UserError(f"cached digits text-to-image model in {folder} is unreadable ({exc}); delete the folder to rebuild") from exc
-
-
-def judged_accuracy(target: TextToImageTarget, digits: list[int], seeds: list[int], judge=None,
-                    guidance: float | None = None) -> dict[int, float]:
-    """Share of generations per digit prompt that the digits classifier judges as that digit."""
-    from .judges import DigitsJudge
-
-    judge = judge or DigitsJudge()
-    out = {}
-    for d in digits:
-        images = target.generate(digit_prompt(d), seeds, guidance=guidance)
-        out[d] = float((judge.predict(images) == d).float().mean())
-    return out
-
-
-if __name__ == "__main__":  # python -m robustbench_peft.t2i.embedded: train (if needed) and measure
-    torch.set_num_threads(int(os.environ.get("ROBUSTBENCH_PEFT_T2I_THREADS", 1)))
-    t0 = time.perf_counter()
-    model = load_digits_t2i()
-    print(f"ready in {time.perf_counter() - t0:.1f} s; meta {model.meta}")
-    acc = judged_accuracy(model, list(range(10)), list(range(1000, 1020)))
-    print("judged accuracy per digit:", {k: round(v, 3) for k, v in acc.items()},
-          "mean", round(sum(acc.values()) / len(acc), 3))

@@ -4,29 +4,31 @@ For the task's model, every unlearner erases the task's concept; every attack
 then tries the task's prompts on each unlearned model. Per (model, unlearner,
 attack) the section reports pre-ASR (plain prompts), ASR (pre-ASR included, as
 UnlearnDiff reports it), seconds per attacked prompt and accuracy on the kept
-concepts, plus an image grid (original / unlearned / attacked) in the HTML.
+concepts, plus an image grid (original / unlearned / attacked) in the HTML. The
+grid's images are PNG files beside ``report.json`` (the JSON names them) and are
+embedded in the HTML page when it is rendered.
 Settings come from ``suite.extra["diffusion"]`` over :data:`PRESETS`.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
-from .errors import UserError
-from .options import build, parse_plugin_spec
-from .registry import ATTACKS, TASKS, UNLEARNERS, load_plugins, register_suite
-from .render import SECTION_PLOTS, SECTION_TABLES
-from .runner import Runner, register_section
-from .suite import Suite, name_list, section_settings
-from .t2i.attack_base import PromptResult
-from .t2i.evaluate import attack_all, judged_rate, summarize
-from .t2i.target import torch_threads
+from robustbench_peft.errors import UserError
+from robustbench_peft.options import build, parse_plugin_spec
+from robustbench_peft.registry import PROMPT_ATTACKS, T2I_TASKS, T2I_UNLEARNERS, load_plugins, register_suite
+from robustbench_peft.render import figure_png, png_data_uri
+from robustbench_peft.runner import Runner
+from robustbench_peft.section import Section, SectionResult, register_section
+from robustbench_peft.suite import Suite, name_list, section_settings
+from robustbench_peft.t2i.attack_base import PromptResult
+from robustbench_peft.t2i.evaluate import attack_all, judged_rate, summarize
+from robustbench_peft.threads import torch_threads
 
 SECTION = "diffusion"
 PRE_ATTACK = "no_attack"
@@ -62,8 +64,8 @@ def make_plugin(registry, text: str, seed: int, threads: int | None = None) -> A
     return build(registry.get(spec.name).factory, options, owner=f"{registry.kind} {spec.name}")
 
 
-def png_data_uri(image: torch.Tensor, scale: int = 8) -> str:
-    """A [0,1] CHW image as an upscaled PNG data URI (the HTML report stays one self-contained file)."""
+def png_bytes(image: torch.Tensor, scale: int = 8) -> bytes:
+    """A [0,1] CHW image as an upscaled PNG."""
     from PIL import Image
 
     x = (image.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -73,23 +75,37 @@ def png_data_uri(image: torch.Tensor, scale: int = 8) -> str:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
-def grid_html(task_description: str, grids: list[dict[str, Any]]) -> str:
+#: The images of one grid cell, in the grid's row order.
+GRID_ROWS = ("original", "unlearned", "attacked")
+
+
+def grid_file(grid: int, cell: int, row: str) -> str:
+    """The file name of one grid image (plain: no folder, no characters of a plug-in spec)."""
+    return f"{SECTION}-grid{grid}-{cell}-{row}.png"
+
+
+def image_src(name: str, files: Mapping[str, bytes]) -> str:
+    """An image embedded from the section's files; the file beside the page when only the JSON was read."""
+    return png_data_uri(files[name]) if name in files else html.escape(name)
+
+
+def grid_html(task_description: str, grids: list[dict[str, Any]], files: Mapping[str, bytes]) -> str:
     """Per unlearned model: original / unlearned / attacked image of the first attacked prompts."""
     parts = [f"<h2>Diffusion: original / unlearned / attacked</h2><p>{html.escape(task_description)}</p>"]
     for g in grids:
         parts.append(f"<h3>{html.escape(g['unlearner'])} &mdash; attack {html.escape(g['attack'])}</h3><table><tr><th></th>")
         parts += [f"<th>seed {c['seed']}</th>" for c in g["cells"]] + ["</tr>"]
-        for row, key in (("original", "original"), ("unlearned", "unlearned"), ("attacked", "attacked")):
+        for row in GRID_ROWS:
             parts.append(f"<tr><th>{row}</th>")
             for c in g["cells"]:
                 caption = ""
-                if key == "attacked":
+                if row == "attacked":
                     mark = "success" if c["success"] else "failed"
                     caption = f"<br><small>{html.escape(c['adv_prompt'])} ({mark})</small>"
-                parts.append(f"<td><img src=\"{c[key]}\" alt=\"{row}\">{caption}</td>")
+                parts.append(f"<td><img src=\"{image_src(c[row], files)}\" alt=\"{row}\">{caption}</td>")
             parts.append("</tr>")
         parts.append("</table>")
     return "\n".join(parts)
@@ -123,32 +139,29 @@ def unlearned_models(task, target, config: dict[str, Any], seed: int, log):
     if getattr(task, "unlearned", None) is not None:
         yield "given (unet=)", task.unlearned(target), 0.0, True
     for spec in config["unlearners"]:
-        unlearner = make_plugin(UNLEARNERS, spec, seed, threads=int(config["threads"]))
+        unlearner = make_plugin(T2I_UNLEARNERS, spec, seed, threads=int(config["threads"]))
         result = unlearner.unlearn(target, task.forget_request(), log)
         yield spec, result.target, result.seconds, result.cached
 
 
-@register_section(SECTION, check=section_config)
-def run_diffusion_section(suite: Suite, runner: Runner) -> dict[str, Any]:
+def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
     """Unlearn the task's concept with every unlearner, attack each result, measure kept concepts."""
     load_plugins()
     config = section_config(suite)
     seed, log = config["seed"], runner.log
     start = time.perf_counter()
-    task = build(TASKS.get(config["task"]).factory, dict(config["task_options"]), owner=f"task {config['task']}")
-    if not hasattr(task, "attacked"):
-        raise UserError(f"diffusion: task {config['task']!r} is not a text-to-image task")
+    task = build(T2I_TASKS.get(config["task"]).factory, dict(config["task_options"]), owner=f"task {config['task']}")
     with torch_threads(int(config["threads"])):
         target = task.load_model()
         judge = task.make_judge()
-        attacks = {a: make_plugin(ATTACKS, a, seed) for a in config["attacks"]}
-        no_attack = make_plugin(ATTACKS, PRE_ATTACK, seed)
+        attacks = {a: make_plugin(PROMPT_ATTACKS, a, seed) for a in config["attacks"]}
+        no_attack = make_plugin(PROMPT_ATTACKS, PRE_ATTACK, seed)
         log(f"diffusion: {task.description}; judging the original model")
         kept0, _ = judged_rate(target, task.kept, judge)
         pre0 = [no_attack.run(target, it, judge) for it in task.attacked]
         references = torch.stack([r.image for r in pre0])
         rows = model_rows(target.name, "none (original)", 0.0, True, kept0, pre0, {})
-        grids = []
+        grids, files = [], {}
         for spec, model, seconds, cached in unlearned_models(task, target, config, seed, log):
             log(f"diffusion: {spec} ({'cached' if cached else f'{seconds:.0f} s'}); judging and attacking")
             kept, _ = judged_rate(model, task.kept, judge)
@@ -157,12 +170,15 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> dict[str, Any]:
             rows += model_rows(target.name, spec, seconds, cached, kept, pre, found)
             shown = next(iter(found), None)
             if shown is not None and config["grid"] > 0:
-                grids.append({"unlearner": spec, "attack": shown, "cells": [
-                    {"seed": it.seed, "original": png_data_uri(references[i]), "unlearned": png_data_uri(pre[i].image),
-                     "attacked": png_data_uri(found[shown][i].image), "adv_prompt": found[shown][i].adv_prompt,
-                     "success": found[shown][i].success}
-                    for i, it in enumerate(task.attacked[: int(config["grid"])])]})
-    return {
+                g = len(grids)
+                cells = []
+                for i, it in enumerate(task.attacked[: int(config["grid"])]):
+                    images = dict(zip(GRID_ROWS, (references[i], pre[i].image, found[shown][i].image)))
+                    files.update({grid_file(g, i, row): png_bytes(image) for row, image in images.items()})
+                    cells.append({"seed": it.seed, **{row: grid_file(g, i, row) for row in GRID_ROWS},
+                                  "adv_prompt": found[shown][i].adv_prompt, "success": found[shown][i].success})
+                grids.append({"unlearner": spec, "attack": shown, "cells": cells})
+    return SectionResult({
         "task": task.name,
         "description": task.description,
         "model": target.name,
@@ -173,8 +189,8 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> dict[str, Any]:
         "rows": rows,
         "seconds": round(time.perf_counter() - start, 1),
         "summary": [task.description] + summary_lines(rows),
-        "html": grid_html(task.description, grids),
-    }
+        "grids": grids,
+    }, files)
 
 
 def section_tables(section: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
@@ -185,10 +201,9 @@ def section_tables(section: dict[str, Any]) -> list[tuple[str, list[str], list[l
     return [(f"Diffusion: {section.get('description', '')}", header, rows)]
 
 
-def section_plot(report) -> bytes | None:
+def section_plot(data: dict[str, Any]) -> bytes | None:
     """Pre-ASR and ASR bars per (unlearner, attack)."""
-    section = report.sections.get(SECTION) or {}
-    rows = [r for r in section.get("rows", []) if r["attack"] != PRE_ATTACK]
+    rows = [r for r in data.get("rows", []) if r["attack"] != PRE_ATTACK]
     if not rows:
         return None
     import matplotlib
@@ -204,17 +219,24 @@ def section_plot(report) -> bytes | None:
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    ax.set_title(section.get("description", "diffusion"), fontsize=9)
+    ax.set_title(data.get("description", "diffusion"), fontsize=9)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, 100)
 
 
-SECTION_TABLES[SECTION] = section_tables
-SECTION_PLOTS[SECTION] = section_plot
+@register_section
+class DiffusionSection(Section):
+    """Concept unlearning of text-to-image models under prompt attacks: pre-ASR, ASR, kept accuracy."""
+
+    name = SECTION
+    check = staticmethod(section_config)
+    run = staticmethod(run_diffusion_section)
+    tables = staticmethod(section_tables)
+    plot = staticmethod(section_plot)
+
+    def html(self, data: dict[str, Any], files: Mapping[str, bytes]) -> str:
+        return grid_html(data.get("description", ""), data.get("grids") or [], files)
 
 
 @register_suite("diffusion")
