@@ -14,11 +14,14 @@ stops at the first success.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from robustbench_peft.config import option
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_prompt_attack
-from robustbench_peft.t2i.attack_base import PromptAttack
+from robustbench_peft.t2i.attack_base import PromptAttack, PromptAttackConfig
 from robustbench_peft.t2i.target import TextToImageTarget
 
 from .simplex import project_simplex
@@ -52,14 +55,46 @@ def adversarial_text(target: TextToImageTarget, ids: torch.Tensor) -> str:
     return target.decode(ids[0])
 
 
+@dataclass(frozen=True)
+class RandomTokensConfig(PromptAttackConfig):
+    """Options of ``random_tokens``."""
+
+    k: int = option(3, "adversarial tokens inserted at UnlearnDiff's position")
+    trials: int = option(10, "seeded random draws, each judged (the judge budget)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 1 or self.trials < 1:
+            raise UserError("random_tokens: k and trials must be at least 1")
+
+
+@dataclass(frozen=True)
+class UnlearnDiffConfig(PromptAttackConfig):
+    """Options of ``unlearndiff``."""
+
+    k: int = option(3, "adversarial tokens optimised after the start token")
+    timesteps: int = option(10, "outer steps: one diffusion timestep each, judged after each")
+    inner_steps: int = option(10, "Adam steps on the relaxed tokens per timestep")
+    lr: float = option(0.01, "Adam learning rate on the relaxed tokens")
+    noise_batch: int = option(8, "noise draws averaged per inner step")
+    t_min: float = option(0.0, "lowest timestep, as a fraction of the training timesteps")
+    t_max: float = option(1.0, "highest timestep, as a fraction of the training timesteps")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 1 or self.timesteps < 1 or self.inner_steps < 1 or self.lr <= 0 or self.noise_batch < 1:
+            raise UserError("unlearndiff: k, timesteps, inner_steps, noise_batch must be >= 1 and lr > 0")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise UserError("unlearndiff: need 0 <= t_min < t_max <= 1 (fractions of the training timesteps)")
+
+
 @register_prompt_attack("no_attack")
 class NoAttack(PromptAttack):
     """The plain prompt, judged as is: its success rate is the pre-attack ASR."""
 
     name = "no_attack"
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+    config_class = PromptAttackConfig
 
     def search(self, target, item, judge, reference):
         return item.prompt, 0, {"k": 0}
@@ -71,22 +106,19 @@ class RandomTokens(PromptAttack):
 
     name = "random_tokens"
 
-    def __init__(self, k: int = 3, trials: int = 10, seed: int = 0) -> None:
-        if k < 1 or trials < 1:
-            raise UserError("random_tokens: k and trials must be at least 1")
-        self.k, self.trials, self.seed = k, trials, seed
+    config_class = RandomTokensConfig
 
     def search(self, target, item, judge, reference):
-        ids, slots = insert_slots(target, item.prompt, self.k)
+        ids, slots = insert_slots(target, item.prompt, self.config.k)
         pool = candidate_ids(target)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + item.seed)
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + item.seed)
         text = item.prompt
-        for trial in range(1, self.trials + 1):
-            ids[0, slots] = pool[torch.randint(len(pool), (self.k,), generator=gen)]
+        for trial in range(1, self.config.trials + 1):
+            ids[0, slots] = pool[torch.randint(len(pool), (self.config.k,), generator=gen)]
             text = adversarial_text(target, ids)
             if self.judge_prompt(target, item, judge, text)[0]:
-                return text, trial, {"k": self.k, "tokens": ids[0, slots].tolist()}
-        return text, self.trials, {"k": self.k, "tokens": ids[0, slots].tolist()}
+                return text, trial, {"k": self.config.k, "tokens": ids[0, slots].tolist()}
+        return text, self.config.trials, {"k": self.config.k, "tokens": ids[0, slots].tolist()}
 
 
 @register_prompt_attack("unlearndiff")
@@ -96,20 +128,13 @@ class UnlearnDiff(PromptAttack):
     name = "unlearndiff"
     needs_reference = True
 
-    def __init__(self, k: int = 3, timesteps: int = 10, inner_steps: int = 10, lr: float = 0.01,
-                 noise_batch: int = 8, t_min: float = 0.0, t_max: float = 1.0, seed: int = 0) -> None:
-        if k < 1 or timesteps < 1 or inner_steps < 1 or lr <= 0 or noise_batch < 1:
-            raise UserError("unlearndiff: k, timesteps, inner_steps, noise_batch must be >= 1 and lr > 0")
-        if not 0.0 <= t_min < t_max <= 1.0:
-            raise UserError("unlearndiff: need 0 <= t_min < t_max <= 1 (fractions of the training timesteps)")
-        self.k, self.timesteps, self.inner_steps, self.lr = k, timesteps, inner_steps, lr
-        self.noise_batch, self.t_min, self.t_max, self.seed = noise_batch, t_min, t_max, seed
+    config_class = UnlearnDiffConfig
 
     def schedule(self, target: TextToImageTarget, gen: torch.Generator) -> list[int]:
         """A seeded timestep per outer step, drawn from [t_min, t_max] of the training schedule."""
         n = target.num_train_timesteps
-        lo, hi = int(self.t_min * (n - 1)), int(self.t_max * (n - 1))
-        return torch.randint(lo, hi + 1, (self.timesteps,), generator=gen).tolist()
+        lo, hi = int(self.config.t_min * (n - 1)), int(self.config.t_max * (n - 1))
+        return torch.randint(lo, hi + 1, (self.config.timesteps,), generator=gen).tolist()
 
     def relaxed_onehot(self, weights: torch.Tensor) -> torch.Tensor:
         """Forward: the one-hot of the most likely token; backward: identity to ``weights`` (straight through)."""
@@ -119,27 +144,27 @@ class UnlearnDiff(PromptAttack):
     def search(self, target, item, judge, reference):
         if reference is None:
             raise UserError("unlearndiff needs the original model's image of the prompt (the reference)")
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + item.seed)
-        ids, slots = insert_slots(target, item.prompt, self.k)
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + item.seed)
+        ids, slots = insert_slots(target, item.prompt, self.config.k)
         pool = candidate_ids(target)
         table = target.token_embedding.weight.detach()
         base = table[ids[0]].clone()
         x0 = target.image_to_x0(reference[None].clamp(0, 1)).detach()
-        init = torch.rand(self.k, len(pool), generator=gen)
+        init = torch.rand(self.config.k, len(pool), generator=gen)
         weights = project_simplex(init / init.sum(-1, keepdim=True)).requires_grad_(True)
-        optimizer = torch.optim.Adam([weights], lr=self.lr)
+        optimizer = torch.optim.Adam([weights], lr=self.config.lr)
         steps, text = 0, item.prompt
         history = []
         for t in self.schedule(target, gen):
             # one noisy version of the target image per timestep: the inner steps compare prompts on the same x_t
-            tt = torch.full((self.noise_batch,), t, dtype=torch.long)
-            noise = torch.randn((self.noise_batch, *x0.shape[1:]), generator=gen)
+            tt = torch.full((self.config.noise_batch,), t, dtype=torch.long)
+            noise = torch.randn((self.config.noise_batch, *x0.shape[1:]), generator=gen)
             x_t = target.add_noise(x0.expand_as(noise), noise, tt)
-            for _ in range(self.inner_steps):
+            for _ in range(self.config.inner_steps):
                 chosen = self.relaxed_onehot(weights) @ table[pool]
                 embeds = base.clone()
                 embeds[slots] = chosen
-                cond = target.encode_embeds(ids, embeds[None]).expand(self.noise_batch, -1, -1)
+                cond = target.encode_embeds(ids, embeds[None]).expand(self.config.noise_batch, -1, -1)
                 loss = torch.nn.functional.mse_loss(target.denoise(x_t, tt, cond), noise)
                 optimizer.zero_grad()
                 loss.backward()
@@ -154,4 +179,4 @@ class UnlearnDiff(PromptAttack):
             if self.judge_prompt(target, item, judge, text)[0]:
                 break
         self.last_distribution = weights.detach().clone()  # the relaxed tokens where the search stopped
-        return text, steps, {"k": self.k, "tokens": ids[0, slots].tolist(), "loss": history}
+        return text, steps, {"k": self.config.k, "tokens": ids[0, slots].tolist(), "loss": history}

@@ -20,14 +20,16 @@ Both fine-tune only the UNet.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from robustbench_peft.config import option
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_t2i_unlearner
 from robustbench_peft.t2i.target import TextToImageTarget
-from robustbench_peft.t2i.unlearn_base import ForgetRequest, T2IUnlearner, seeded_batches
+from robustbench_peft.t2i.unlearn_base import ForgetRequest, T2IUnlearner, T2IUnlearnerConfig, seeded_batches
 
 ESD_PARAM_SETS = ("noxattn", "xattn", "all")
 
@@ -59,6 +61,47 @@ def noised(target: TextToImageTarget, x0: torch.Tensor, gen: torch.Generator) ->
 ESD_SAMPLING = ("noised", "partial")
 
 
+@dataclass(frozen=True)
+class ESDConfig(T2IUnlearnerConfig):
+    """Options of ``esd``."""
+
+    eta: float = option(1.0, "negative-guidance strength of the target the UNet is trained towards")
+    steps: int = option(200, "optimisation steps")
+    lr: float = option(1e-5, "Adam learning rate")
+    batch_size: int = option(16, "training points per step")
+    params: str = option("noxattn", f"which UNet parameters train: {', '.join(ESD_PARAM_SETS)}")
+    pool: int = option(64, "generations of the frozen model the training points come from")
+    sampling: str = option("noised", f"how training points x_t are drawn: {', '.join(ESD_SAMPLING)}")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.pool < 1:
+            raise UserError("esd: steps, batch_size and pool must be >= 1 and lr > 0")
+        if self.params not in ESD_PARAM_SETS:
+            raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {self.params!r}")
+        if self.sampling not in ESD_SAMPLING:
+            raise UserError(f"esd: sampling must be one of {', '.join(ESD_SAMPLING)}, got {self.sampling!r}")
+
+
+@dataclass(frozen=True)
+class SalUnDMConfig(T2IUnlearnerConfig):
+    """Options of SalUn for diffusion."""
+
+    fraction: float = option(0.5, "share of the UNet's weights updated (the most forget-salient)")
+    alpha: float = option(1.0, "weight of the retain loss")
+    steps: int = option(200, "optimisation steps")
+    lr: float = option(1e-4, "Adam learning rate")
+    batch_size: int = option(16, "training points per step")
+    pool: int = option(64, "generations of the frozen model per prompt the losses use")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.fraction <= 1:
+            raise UserError("salun-dm: fraction must be in (0, 1]")
+        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.alpha < 0 or self.pool < 1:
+            raise UserError("salun-dm: steps, batch_size, pool >= 1, lr > 0, alpha >= 0")
+
+
 @register_t2i_unlearner("esd")
 class ESD(T2IUnlearner):
     """ESD: fine-tune the UNet to follow the frozen model's negative guidance away from the erased prompt.
@@ -71,31 +114,22 @@ class ESD(T2IUnlearner):
 
     method = "esd"
 
-    def __init__(self, eta: float = 1.0, steps: int = 200, lr: float = 1e-5, batch_size: int = 16,
-                 params: str = "noxattn", pool: int = 64, sampling: str = "noised", seed: int = 0, threads: int = 2) -> None:
-        if steps < 1 or lr <= 0 or batch_size < 1 or pool < 1:
-            raise UserError("esd: steps, batch_size and pool must be >= 1 and lr > 0")
-        if params not in ESD_PARAM_SETS:
-            raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {params!r}")
-        if sampling not in ESD_SAMPLING:
-            raise UserError(f"esd: sampling must be one of {', '.join(ESD_SAMPLING)}, got {sampling!r}")
-        self.eta, self.steps, self.lr, self.batch_size, self.params = float(eta), steps, lr, batch_size, params
-        self.pool, self.sampling, self.seed, self.threads = pool, sampling, seed, threads
+    config_class = ESDConfig
 
     def update(self, target, unet, request):
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.config.seed)
         frozen = target.unet
         with torch.no_grad():
             cond = target.encode_prompts([request.forget_prompt])
             uncond = target.encode_prompts([""])
-        training_points = self._partial_points(target, unet, cond) if self.sampling == "partial" else self._noised_points(target, request, gen)
-        optimizer = torch.optim.Adam(select_parameters(unet, self.params), lr=self.lr)
-        for idx in seeded_batches(self.pool, self.batch_size, self.steps, gen):
+        training_points = self._partial_points(target, unet, cond) if self.config.sampling == "partial" else self._noised_points(target, request, gen)
+        optimizer = torch.optim.Adam(select_parameters(unet, self.config.params), lr=self.config.lr)
+        for idx in seeded_batches(self.config.pool, self.config.batch_size, self.config.steps, gen):
             x_t, t = training_points(len(idx), idx, gen)
             c, u = cond.expand(len(idx), -1, -1), uncond.expand(len(idx), -1, -1)
             with torch.no_grad():
                 e_u, e_c = frozen(x_t, t, encoder_hidden_states=u).sample, frozen(x_t, t, encoder_hidden_states=c).sample
-                goal = e_u - self.eta * (e_c - e_u)
+                goal = e_u - self.config.eta * (e_c - e_u)
             loss = nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=c).sample, goal)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -104,7 +138,7 @@ class ESD(T2IUnlearner):
 
     def _noised_points(self, target, request, gen):
         """x_t by forward-noising what the frozen model draws for the erased prompt."""
-        seeds = torch.randint(2**31 - 1, (self.pool,), generator=gen).tolist()
+        seeds = torch.randint(2**31 - 1, (self.config.pool,), generator=gen).tolist()
         x0_pool = target.image_to_x0(target.generate(request.forget_prompt, seeds))
 
         def draw(n, idx, gen):
@@ -154,29 +188,22 @@ class SalUnDM(T2IUnlearner):
 
     method = "salun-dm"
 
-    def __init__(self, fraction: float = 0.5, alpha: float = 1.0, steps: int = 200, lr: float = 1e-4,
-                 batch_size: int = 16, pool: int = 64, seed: int = 0, threads: int = 2) -> None:
-        if not 0 < fraction <= 1:
-            raise UserError("salun-dm: fraction must be in (0, 1]")
-        if steps < 1 or lr <= 0 or batch_size < 1 or alpha < 0 or pool < 1:
-            raise UserError("salun-dm: steps, batch_size, pool >= 1, lr > 0, alpha >= 0")
-        self.fraction, self.alpha, self.steps, self.lr, self.batch_size = float(fraction), float(alpha), steps, lr, batch_size
-        self.pool, self.seed, self.threads = pool, seed, threads
+    config_class = SalUnDMConfig
 
     def forget_images(self, target: TextToImageTarget, request: ForgetRequest, gen: torch.Generator) -> torch.Tensor:
         """The request's images of the concept, else ``pool`` generations of the original model."""
         if request.forget_images is not None:
             return request.forget_images
-        seeds = torch.randint(2**31 - 1, (self.pool,), generator=gen).tolist()
+        seeds = torch.randint(2**31 - 1, (self.config.pool,), generator=gen).tolist()
         return target.generate(request.forget_prompt, seeds)
 
     def update(self, target, unet, request):
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.config.seed)
         if not request.pseudo_prompts:
             raise UserError("salun-dm needs at least one pseudo prompt (another concept)")
         request = copy.copy(request)
         request.forget_images = self.forget_images(target, request, gen)
-        masks = saliency_masks(target, unet, request, self.fraction, self.batch_size, gen)
+        masks = saliency_masks(target, unet, request, self.config.fraction, self.config.batch_size, gen)
         original = {n: p.detach().clone() for n, p in unet.named_parameters()}
         x_f = target.image_to_x0(request.forget_images)
         with torch.no_grad():
@@ -185,18 +212,18 @@ class SalUnDM(T2IUnlearner):
             x_r = target.image_to_x0(request.retain_images) if request.retain_images is not None else None
             c_r = target.encode_prompts(request.retain_prompts) if x_r is not None else None
         params = [p for n, p in unet.named_parameters() if n in masks]
-        optimizer = torch.optim.Adam(params, lr=self.lr)
-        for idx in seeded_batches(len(x_f), self.batch_size, self.steps, gen):
+        optimizer = torch.optim.Adam(params, lr=self.config.lr)
+        for idx in seeded_batches(len(x_f), self.config.batch_size, self.config.steps, gen):
             x_t, t, _ = noised(target, x_f[idx], gen)
             pick = torch.randint(len(request.pseudo_prompts), (len(idx),), generator=gen)
             pred = unet(x_t, t, encoder_hidden_states=c_f.expand(len(idx), -1, -1)).sample
             with torch.no_grad():
                 pseudo = unet(x_t, t, encoder_hidden_states=c_pseudo[pick]).sample
             loss = nn.functional.mse_loss(pred, pseudo)
-            if x_r is not None and self.alpha > 0:
-                ridx = torch.randint(len(x_r), (self.batch_size,), generator=gen)
+            if x_r is not None and self.config.alpha > 0:
+                ridx = torch.randint(len(x_r), (self.config.batch_size,), generator=gen)
                 xr_t, tr, noise = noised(target, x_r[ridx], gen)
-                loss = loss + self.alpha * nn.functional.mse_loss(unet(xr_t, tr, encoder_hidden_states=c_r[ridx]).sample, noise)
+                loss = loss + self.config.alpha * nn.functional.mse_loss(unet(xr_t, tr, encoder_hidden_states=c_r[ridx]).sample, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for n, p in unet.named_parameters():

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..config import Configurable, PluginConfig, option
 from .judge import Judge
 from .target import TextToImageTarget
 
@@ -48,8 +49,18 @@ class PromptResult:
                 "steps": int(self.steps), "seconds": round(float(self.seconds), 3), **self.details}
 
 
-class PromptAttack(ABC):
-    """Base class: subclasses implement :meth:`search`; :meth:`run` times, re-generates and judges."""
+@dataclass(frozen=True)
+class PromptAttackConfig(PluginConfig):
+    """Options every prompt attack has."""
+
+    seed: int = option(0, "seed of every random choice of the attack (with the prompt's own seed)")
+
+
+class PromptAttack(Configurable, ABC):
+    """Base class: subclasses implement :meth:`search`; :meth:`run` times, re-generates and judges.
+    Options are one :class:`PromptAttackConfig` (subclass), ``self.config``."""
+
+    config_class: type[PromptAttackConfig] = PromptAttackConfig
 
     name = "prompt-attack"
     needs_reference = False  # True: the attack wants the original model's image of the prompt

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..cache import cached_tensors, recipe_hash, state_dict_sha256
+from ..config import Configurable, PluginConfig, option
 from .target import TextToImageTarget
 
 T2I_UNLEARNING_VERSION = 1
@@ -59,23 +60,34 @@ def base_identity(target: TextToImageTarget) -> str:
     return str(ident) if ident else state_dict_sha256(target.unet.state_dict())
 
 
-class T2IUnlearner(ABC):
-    """Base: subclasses implement :meth:`update` on a trainable UNet copy."""
+@dataclass(frozen=True)
+class T2IUnlearnerConfig(PluginConfig):
+    """Options every text-to-image unlearner has."""
+
+    seed: int = option(0, "seed of every random choice of the update")
+    threads: int = option(2, "torch threads while updating (speed only: not in the cache key)")
+
+
+class T2IUnlearner(Configurable, ABC):
+    """Base: subclasses implement :meth:`update` on a trainable UNet copy; options are one
+    :class:`T2IUnlearnerConfig` (subclass), ``self.config``."""
 
     method = "t2i-unlearner"
+    config_class: type[T2IUnlearnerConfig] = T2IUnlearnerConfig
 
     #: Options that change speed, not the result: left out of the cache key.
     NOT_IN_RECIPE = ("threads",)
 
-    def config(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in self.NOT_IN_RECIPE}
+    def recipe_config(self) -> dict[str, Any]:
+        """The options that decide the result (the cache key's part and the report's record)."""
+        return {k: v for k, v in self.config.to_json().items() if k not in self.NOT_IN_RECIPE}
 
     @abstractmethod
     def update(self, target: TextToImageTarget, unet: torch.nn.Module, request: ForgetRequest) -> torch.nn.Module:
         """The UNet copy after erasing ``request``'s concept (trained in place or replaced)."""
 
     def unlearn(self, target: TextToImageTarget, request: ForgetRequest, log: Callable[[str], None] = lambda s: None) -> T2IUnlearnResult:
-        recipe = {"method": self.method, "config": self.config(), "request": request.key(), "base": base_identity(target),
+        recipe = {"method": self.method, "config": self.recipe_config(), "request": request.key(), "base": base_identity(target),
                   "version": T2I_UNLEARNING_VERSION}
         seconds: list[float] = []
 
@@ -93,7 +105,7 @@ class T2IUnlearner(ABC):
         unet = type(target.unet).from_config(target.unet.config)
         unet.load_state_dict(state)
         new = target.with_unet(unet, name=f"{target.name}+{self.method}", identity=f"{base_identity(target)}+{recipe_hash(recipe)}")
-        return T2IUnlearnResult(new, elapsed, self.method, self.config(), cached=not seconds, sha256=state_dict_sha256(state))
+        return T2IUnlearnResult(new, elapsed, self.method, self.recipe_config(), cached=not seconds, sha256=state_dict_sha256(state))
 
 
 def seeded_batches(n: int, batch: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
