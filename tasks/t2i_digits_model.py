@@ -226,7 +226,7 @@ def load_folder(folder: Path, name: str = "digits-t2i", guidance: float = 1.5, s
     return TextToImageTarget(
         name=name, tokenizer=tokenizer, text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
         unet=UNet2DConditionModel.from_pretrained(folder / "unet"),
-        scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"), vae=None, image_size=8, image_channels=1,
+        scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"), vae=None, image_channels=1,
         default_guidance=guidance, default_steps=steps, max_length=int(info["recipe"]["max_length"]),
         meta={"folder": str(folder), "identity": f"digits-t2i/{folder.name}", **{k: v for k, v in info.items() if k != "recipe"}})
 

@@ -61,9 +61,8 @@ def load_stable_diffusion(model: str, unet: str | None = None, guidance: float =
         raise UserError(f"stable diffusion {model}: cannot load a diffusers pipeline ({str(exc).splitlines()[0][:200]})") from None
     denoiser = pipe.unet if unet is None else load_unet_replacement(pipe.unet, unet)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     return TextToImageTarget(
         name=name or (f"sd:{model}" + (f"+unet:{unet}" if unet else "")), tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder, unet=denoiser, scheduler=scheduler, vae=pipe.vae, image_size=size,
+        text_encoder=pipe.text_encoder, unet=denoiser, scheduler=scheduler, vae=pipe.vae,
         image_channels=3, default_guidance=guidance, default_steps=steps,
         max_length=int(pipe.tokenizer.model_max_length), meta={"model": model, "unet": unet})

@@ -8,6 +8,8 @@ Stable Diffusion (latent space, VAE). Attacks work through ``encode`` /
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -26,7 +28,6 @@ class TextToImageTarget:
     unet: nn.Module
     scheduler: Any  # a diffusers scheduler carrying the training noise schedule
     vae: nn.Module | None = None
-    image_size: int = 8
     image_channels: int = 1
     default_guidance: float = 1.5
     default_steps: int = 25
@@ -182,11 +183,7 @@ class TextToImageTarget:
     # ----------------------------------------------------------------- copies
     def with_unet(self, unet: nn.Module, name: str | None = None, **meta: Any) -> "TextToImageTarget":
         """The same target with another UNet (an unlearned one); text side and sampler shared."""
-        return TextToImageTarget(name=name or self.name, tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                                 unet=unet, scheduler=self.scheduler, vae=self.vae, image_size=self.image_size,
-                                 image_channels=self.image_channels, default_guidance=self.default_guidance,
-                                 default_steps=self.default_steps, max_length=self.max_length,
-                                 meta={**self.meta, **meta})
+        return dataclasses.replace(self, name=name or self.name, unet=unet, meta={**self.meta, **meta})
 
     def trainable_unet_copy(self) -> nn.Module:
         """A deep copy of the UNet with gradients on, for an unlearner to fine-tune."""
