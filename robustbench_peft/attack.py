@@ -60,8 +60,10 @@ class AttackConfig(PluginConfig):
             raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """``asdict``, without ``amp`` when off: only mixed precision marks a record."""
+        """``asdict`` less what does not decide the result: ``progress`` (display only) and
+        ``amp`` when off (only mixed precision marks a record)."""
         out = super().to_json()
+        del out["progress"]
         if self.amp == "off":
             del out["amp"]
         return out
