@@ -1,22 +1,36 @@
 """Training of visual prompts on a frozen classifier: VP, U-AVP and C-AVP.
 
-Per sample (x, y), with ``delta_y`` the prompt the sample trains (its class's
-prompt for C-AVP, the single prompt otherwise):
+The objective of Chen et al. 2023, normalised as its reference code
+(``gen_prompt.py``, ``losses.py`` of Phoveran/vp-for-adversarial-robustness)
+normalises it. With ``delta_y`` the prompt a sample trains (its class's prompt
+for C-AVP, the single prompt otherwise):
 
-* ``CE(f(x + delta_y), y)`` always;
-* ``+ CE(f(x' + delta_y), y)`` when adversarial, ``x'`` = Linf PGD (random
-  start, step ``rel_step_size * eps``) against the prompted model;
-* ``+ beta * (l1 + l2 + l3)`` for class-wise prompts, hinge terms on the
-  probabilities of the clean input under every prompt (Chen et al. 2023):
-  l1 the right diagonal entry wins, l2 no wrong prompt votes for its own class
-  (summed over the wrong prompts), l3 the sample's own prompt is the most
-  confident one for its class.
+* shared prompt (VP, U-AVP): one batch mean of ``CE(f(x + delta), y)``, plus one
+  batch mean of ``CE(f(x' + delta), y)`` when adversarial;
+* class-wise prompts (C-AVP): a **sum over the classes i of per-class means**,
+  ``sum_i mean_{y=i} [CE(f(x + delta_i), i) + CE(f(x'_i + delta_i), i)]``, plus
+  ``beta * (l1 + l2 + l3)`` where each term is again a sum over classes j of a
+  per-class mean of a hinge on probabilities (margin ``tau``): l1 (the right
+  diagonal entry wins) and l3 (the sample's own prompt is the most confident
+  for its class) over the samples with ``y = j``; l2 (prompt j, on a sample of
+  another class, does not vote for j) over the samples with ``y != j``.
+  A class absent from a batch adds nothing (the reference would add NaN).
+  One batch mean of the same terms is about 1/C of this scale: a C-times
+  smaller step at the same learning rate.
+
+``x'`` is Linf PGD (random start, step ``rel_step_size * eps``) against the
+prompted model. Stated deviation: the reference perturbs the already prompted
+image and feeds it to the bare network; here the adversary perturbs the raw
+input and the prompt is applied (and clipped) after it, the order in which a
+deployed prompt meets an attacked input. The two differ only in where the
+[0,1] clip falls on the border.
 
 Only the prompts receive gradients (``torch.autograd.grad`` on the prompts
 alone), the base stays in eval mode, so its weights and buffers never change.
-SGD with momentum and a per-step cosine decay of the learning rate. Under
-``eval --amp`` each step's loss (its PGD included) runs under autocast, with
-fp16 loss scaling; the prompts, their updates and the PGD inputs stay float32.
+SGD with momentum and a per-step cosine decay of the learning rate to zero
+(the reference's ``CosineAnnealingLR`` over all steps). Under ``eval --amp``
+each step's loss (its PGD included) runs under autocast, with fp16 loss
+scaling; the prompts, their updates and the PGD inputs stay float32.
 """
 
 from __future__ import annotations
@@ -46,8 +60,8 @@ class PromptRecipe:
     classwise: bool
     adversarial: bool
     border: int = 2
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = 50
+    batch_size: int = 256
     lr: float = 0.1
     momentum: float = 0.9
     eps: float = 0.1
@@ -77,32 +91,61 @@ def _off_diagonal_max(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor
     return values.scatter(1, index[:, None], float("-inf")).amax(1)
 
 
-def term_l1(probs: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
-    """max(max_{k != y} p^(k)_k - p^(y)_y, -tau): the right diagonal entry wins."""
+def own_class(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(B, C) membership: sample b counts in class y_b's mean."""
+    return F.one_hot(y, n_classes).bool()
+
+
+def class_sum_of_means(values: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """``sum_j mean_{b in group j} values[b, j]`` over the groups j that have members.
+
+    ``values`` and ``members`` are (B, C); a group without members adds nothing.
+    """
+    members = members.to(values.dtype)
+    counts = members.sum(0)
+    totals = (values * members).sum(0)
+    present = counts > 0
+    return (totals[present] / counts[present]).sum()
+
+
+def _at_own_class(per_sample: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-sample value placed in the column of the sample's class, for :func:`class_sum_of_means`."""
+    members = own_class(y, n_classes)
+    return per_sample[:, None] * members, members
+
+
+def term_l1(probs: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """max(max_{k != y} p^(k)_k - p^(y)_y, -tau): the right diagonal entry wins (grouped by y)."""
     diagonal = probs.diagonal(dim1=1, dim2=2)
     own = diagonal.gather(1, y[:, None]).squeeze(1)
-    return (_off_diagonal_max(diagonal, y) - own).clamp_min(-tau)
+    return _at_own_class((_off_diagonal_max(diagonal, y) - own).clamp_min(-tau), y, probs.shape[1])
 
 
-def term_l2(probs: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
-    """sum_{j != y} max(p^(j)_j - max_{k != j} p^(j)_k, -tau): a wrong prompt does not vote for itself."""
+def term_l2(probs: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every prompt j != y: max(p^(j)_j - max_{k != j} p^(j)_k, -tau), grouped by j over samples with y != j.
+
+    A wrong prompt does not vote for its own class.
+    """
     n_prompts = probs.shape[1]
     diagonal = probs.diagonal(dim1=1, dim2=2)
     eye = torch.eye(n_prompts, dtype=torch.bool, device=probs.device)
     rivals = probs.masked_fill(eye[None], float("-inf")).amax(2)
-    hinge = (diagonal - rivals).clamp_min(-tau)
-    wrong = torch.ones_like(hinge, dtype=torch.bool).scatter(1, y[:, None], False)
-    return (hinge * wrong).sum(1)
+    return (diagonal - rivals).clamp_min(-tau), ~own_class(y, n_prompts)
 
 
-def term_l3(probs: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
-    """max(max_{k != y} p^(k)_y - p^(y)_y, -tau): the sample's own prompt is the most confident for y."""
+def term_l3(probs: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """max(max_{k != y} p^(k)_y - p^(y)_y, -tau): the sample's own prompt is the most confident for y (grouped by y)."""
     column = probs.gather(2, y[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)
     own = column.gather(1, y[:, None]).squeeze(1)
-    return (_off_diagonal_max(column, y) - own).clamp_min(-tau)
+    return _at_own_class((_off_diagonal_max(column, y) - own).clamp_min(-tau), y, probs.shape[1])
 
 
-TERM_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {"l1": term_l1, "l2": term_l2, "l3": term_l3}
+#: Each term gives (B, C) values and the (B, C) membership of the per-class means they enter.
+TERM_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]] = {
+    "l1": term_l1,
+    "l2": term_l2,
+    "l3": term_l3,
+}
 
 
 def all_prompt_probs(model: ClassifierTarget, x: torch.Tensor, prompts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -128,6 +171,14 @@ def pgd_on_prompted(
     return projected_ascent(lambda x_adv: F.cross_entropy(model(apply_prompt(x_adv, delta, mask)), y, reduction="sum"), x, start, eps, "Linf", steps, step_size)
 
 
+def prompt_ce(model: ClassifierTarget, x: torch.Tensor, y: torch.Tensor, own: torch.Tensor, mask: torch.Tensor, classwise: bool) -> torch.Tensor:
+    """CE of the prompted inputs: a batch mean for one shared prompt, the sum of per-class means for class-wise prompts."""
+    logits = model(apply_prompt(x, own, mask))
+    if not classwise:
+        return F.cross_entropy(logits, y)
+    return class_sum_of_means(*_at_own_class(F.cross_entropy(logits, y, reduction="none"), y, logits.shape[1]))
+
+
 def batch_loss(
     model: ClassifierTarget,
     x: torch.Tensor,
@@ -137,17 +188,17 @@ def batch_loss(
     recipe: PromptRecipe,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """The mean training loss of one batch (differentiable in ``prompts``)."""
+    """The training loss of one batch (differentiable in ``prompts``), normalised as the module docstring says."""
     index = y if recipe.classwise else torch.zeros_like(y)
     own = prompts[index]
-    loss = F.cross_entropy(model(apply_prompt(x, own, mask)), y)
+    loss = prompt_ce(model, x, y, own, mask, recipe.classwise)
     if recipe.adversarial:
         x_adv = pgd_on_prompted(model, x, y, own, mask, recipe.eps, recipe.steps, recipe.rel_step_size * recipe.eps, generator)
-        loss = loss + F.cross_entropy(model(apply_prompt(x_adv, own, mask)), y)
+        loss = loss + prompt_ce(model, x_adv, y, own, mask, recipe.classwise)
     if recipe.classwise and recipe.terms:
         probs = all_prompt_probs(model, x, prompts, mask)
-        inter = sum(TERM_FUNCTIONS[name](probs, y, recipe.tau) for name in recipe.terms)
-        loss = loss + recipe.beta * inter.mean()
+        inter = sum(class_sum_of_means(*TERM_FUNCTIONS[name](probs, y, recipe.tau)) for name in recipe.terms)
+        loss = loss + recipe.beta * inter
     return loss
 
 

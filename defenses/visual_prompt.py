@@ -13,6 +13,16 @@ gradients of the prompt's [0,1] clip (``bpda=true``, predictions unchanged);
 ``bpda=false`` exposes the exact, partly masked, gradients. Trained prompts
 are cached by a recipe hash that includes the base model's weights sha256 and every hyper-parameter.
 
+Defaults are the paper's setting (Chen et al. 2023, and its reference code
+Phoveran/vp-for-adversarial-robustness): 50 epochs, batch 256, SGD lr 0.1 with
+momentum 0.9 and cosine decay per step, PGD-10 at step eps/4 with random start,
+beta 3, tau 0.1, all three inter-prompt terms, prompts from zero. Stated
+deviations on a task other than CIFAR-10: the border is a quarter of the image
+side, as the paper's 8 of 32 (2 on digits' 8x8); the training eps is the task's
+middle Linf eps (0.1 on digits) instead of CIFAR's 8/255; no data augmentation
+(the reference's random crop and flip change a digit: a mirrored 2 is no 2, and a
+shifted stroke enters the prompted border).
+
 The three configs share their fields by inheritance: the training recipe of
 ``vp``, plus the adversary for ``uavp``, plus the inter-prompt terms for ``cavp``;
 ``bpda`` (how attacks see the fitted target, not part of the recipe) comes last.
@@ -40,8 +50,9 @@ from .prompts import build_target, load_prompts, save_prompts, serialize_prompts
 
 __all__ = ["VisualPrompt", "UniversalAdversarialPrompt", "ClasswiseAdversarialPrompt", "save_prompts", "load_prompts"]
 
-#: Bump when the prompt training code changes meaning, so cached prompts are rebuilt.
-PROMPT_CODE_VERSION = 1
+#: Bump when the prompt training code changes meaning, so cached prompts are rebuilt
+#: (2: C-AVP's loss is the reference's sum of per-class means).
+PROMPT_CODE_VERSION = 2
 CACHE_KIND = "visual-prompts"
 #: Recipe values of the options a defense does not have (no adversary, no inter-prompt terms).
 NEUTRAL = {"eps": 0.0, "steps": 0, "rel_step_size": 0.0, "beta": 0.0, "tau": 0.0, "terms": ()}
@@ -55,6 +66,14 @@ def resolve_train_eps(eps: float | None, task: ClassificationTask) -> float:
     if not values:
         raise UserError(f"task {task.name} has no default Linf eps; pass the training eps explicitly, e.g. eps=0.03")
     return float(values[len(values) // 2])
+
+
+def resolve_border(border: int | None, task: ClassificationTask) -> int:
+    """``border`` as given; ``None`` scales the paper's border (8 pixels of CIFAR's 32) to the task: a quarter of the shorter side."""
+    if border is not None:
+        return int(border)
+    _, height, width = task.input_shape
+    return max(1, min(height, width) // 4)
 
 
 def _option_text(value: Any) -> str:
@@ -71,16 +90,16 @@ class PromptTraining(DefenseConfig):
     #: The plug-in named in validation errors (set by each defense's config).
     plugin: ClassVar[str] = "visual prompt"
 
-    border: int = option(2, "width in pixels of the prompted image border")
-    epochs: int = option(10, "training epochs (0 leaves the prompt at zero)")
-    batch_size: int = option(128, "training samples per step")
+    border: int | None = option(None, "width in pixels of the prompted image border; None: a quarter of the image side (the paper's 8 of 32; 2 on digits)")
+    epochs: int = option(50, "training epochs (0 leaves the prompt at zero); the paper's 50")
+    batch_size: int = option(256, "training samples per step; the reference code's 256")
     lr: float = option(0.1, "SGD learning rate (cosine decay per step)")
     momentum: float = option(0.9, "SGD momentum, in [0, 1)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.plugin, {
-            "border must be >= 1": self.border >= 1,
+            "border must be >= 1 (None: a quarter of the image side)": self.border is None or self.border >= 1,
             "epochs must be >= 0": self.epochs >= 0,
             "batch_size must be >= 1": self.batch_size >= 1,
             "lr must be > 0": self.lr > 0,
@@ -89,7 +108,7 @@ class PromptTraining(DefenseConfig):
 
     def recipe_fields(self, task: ClassificationTask) -> dict[str, Any]:
         """This config's part of the :class:`PromptRecipe` (options it lacks keep :data:`NEUTRAL` values)."""
-        return {**NEUTRAL, "border": self.border, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum}
+        return {**NEUTRAL, "border": resolve_border(self.border, task), "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum}
 
 
 @dataclass(frozen=True)

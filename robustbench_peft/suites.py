@@ -9,6 +9,8 @@ from .suite import Suite
 
 #: The visual-prompt defenses of the C-AVP paper, side by side with the bare model.
 PROMPT_DEFENSES = ("none", "vp", "uavp", "cavp")
+#: The paper's ablation: C-AVP without its inter-prompt terms (l1, l2, l3).
+CAVP_WITHOUT_TERMS = PluginSpec("cavp", {"terms": "none"})
 #: Adversarial fine-tuning (PGD-AT) with every scope that matters on digits:cnn.
 ADVFT_SCOPES = ("full", "linear", "lora")
 
@@ -54,7 +56,7 @@ def digits_suite() -> Suite:
             SQUARE_PROBE,
         ),
         defenses=(
-            *_specs(*PROMPT_DEFENSES, epochs=3),
+            *_specs(*PROMPT_DEFENSES, epochs=5),
             *_advft_specs(epochs=2),
         ),
         eps={"Linf": [0.05, 0.1, 0.2], "L2": [0.5, 1.0]},
@@ -81,16 +83,19 @@ def quick_suite() -> Suite:
 
 @register_suite("prompts")
 def prompts_suite() -> Suite:
-    """Visual-prompt defenses (none / VP / U-AVP / C-AVP) x clean / PGD / AutoAttack / non-adaptive PGD."""
+    """Visual-prompt defenses (none / VP / U-AVP / C-AVP, and C-AVP without its inter-prompt terms) at the
+    paper's training length (the plug-ins' defaults: 50 epochs, PGD-10 at step eps/4, SGD 0.1, momentum 0.9,
+    cosine decay, batch 256) x clean / PGD / AutoAttack / non-adaptive PGD."""
     return Suite(
         name="prompts",
         task="digits",
         models=("digits:cnn",),
         attacks=_robustness_attacks(steps=20, autoattack={"n": 100, "eps": 0.1}, transfer_n=300)[:3],
-        defenses=_specs(*PROMPT_DEFENSES),
+        defenses=(*_specs(*PROMPT_DEFENSES), CAVP_WITHOUT_TERMS),
         eps={"Linf": [0.05, 0.1]},
         n=300,
-        description="C-AVP vs U-AVP vs VP on digits:cnn, adaptive (whole pipeline) and non-adaptive attacks",
+        description="C-AVP vs U-AVP vs VP (and C-AVP without inter-prompt terms) on digits:cnn at the paper's "
+        "training length, adaptive (whole pipeline) and non-adaptive attacks",
     )
 
 

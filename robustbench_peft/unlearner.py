@@ -27,7 +27,7 @@ from .threads import torch_threads
 from .task import ClassificationTask
 
 #: Bump when an unlearner's code changes meaning, so stale cache entries are not reused.
-UNLEARNING_VERSION = 1
+UNLEARNING_VERSION = 2
 CACHE_KIND = "unlearning"
 _META = "meta."
 _DETAIL = "detail."

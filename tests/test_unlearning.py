@@ -103,6 +103,30 @@ def test_unlearning_is_deterministic_and_cached(cnn, digits, tmp_path, monkeypat
     assert first.sha256 != cnn.weights_sha256()
 
 
+def test_salun_defaults_are_the_papers_classifier_setting():
+    """SGD (momentum 0.9, weight decay 5e-4), 10 epochs, lr 0.013, batch 256, mask 50%."""
+    c = SalUn().config
+    assert (c.optimizer, c.momentum, c.weight_decay) == ("sgd", 0.9, 5e-4)
+    assert (c.epochs, c.lr, c.batch_size, c.fraction) == (10, 0.013, 256, 0.5)
+
+
+def test_random_label_epochs_pass_the_forget_set_then_the_retain_set(digits):
+    """The reference RL loop: per epoch, the forget samples (relabelled to another class) first, then the retain samples."""
+    data = ForgetData.of(digits, random_subset(digits, 0.1, seed=0))
+    batches = list(RandomLabel(batch_size=100).relabelled_batches(data, torch.Generator().manual_seed(0))(0))
+    n_forget_batches = -(-len(data.y_forget) // 100)
+    forget_part, retain_part = batches[:n_forget_batches], batches[n_forget_batches:]
+    forget_rows = {tuple(x.flatten().tolist()) for x in data.x_forget}
+    assert all(tuple(x.flatten().tolist()) in forget_rows for xb, _ in forget_part for x in xb)
+    assert sum(len(yb) for _, yb in forget_part) == len(data.y_forget)
+    assert sum(len(yb) for _, yb in retain_part) == len(data.y_retain)
+    # forget labels are never the true class
+    x_f = torch.cat([xb for xb, _ in forget_part])
+    y_f = torch.cat([yb for _, yb in forget_part])
+    index = {tuple(x.flatten().tolist()): int(y) for x, y in zip(data.x_forget, data.y_forget)}
+    assert all(index[tuple(x.flatten().tolist())] != int(y) for x, y in zip(x_f, y_f))
+
+
 def test_unlearners_register_and_validate_options():
     assert {"retrain", "ft", "ga", "rl", "l1sparse", "salun"} <= {e.name for e in UNLEARNERS}
     with pytest.raises(UserError):
@@ -140,10 +164,26 @@ def test_untouched_model_forget_set_looks_like_members(cnn, digits):
     scenario = random_subset(digits, 0.1, seed=0)
     x_f, y_f = digits.x_train[scenario.forget_idx], digits.y_train[scenario.forget_idx]
     x_r, y_r = digits.x_train[scenario.retain_idx], digits.y_train[scenario.retain_idx]
-    efficacy = mia_efficacy(cnn, (x_r, y_r), (digits.x_test, digits.y_test), (x_f, y_f), seed=0)
+    efficacy = mia_efficacy(cnn, (x_r, y_r), (digits.x_test, digits.y_test), (x_f, y_f))
     assert efficacy < 0.1
     # and the attack is not blind: held-out test samples are called non-members more often
-    assert mia_efficacy(cnn, (x_r, y_r), (digits.x_test, digits.y_test), (digits.x_test, digits.y_test), seed=0) > efficacy
+    assert mia_efficacy(cnn, (x_r, y_r), (digits.x_test, digits.y_test), (digits.x_test, digits.y_test)) > efficacy
+
+
+def test_mia_members_are_the_first_retain_samples_as_the_reference_takes_them(cnn, digits):
+    """The SVC's members are retain[:len(test)] in training order: reordering the members beyond that
+    prefix changes nothing, reordering within the full set does."""
+    scenario = random_subset(digits, 0.1, seed=0)
+    x_f, y_f = digits.x_train[scenario.forget_idx], digits.y_train[scenario.forget_idx]
+    x_r, y_r = digits.x_train[scenario.retain_idx], digits.y_train[scenario.retain_idx]
+    n_test = len(digits.y_test)
+    tail = torch.arange(n_test, len(y_r)).flip(0)
+    shuffled_tail = torch.cat([torch.arange(n_test), tail])
+    test_set = (digits.x_test, digits.y_test)
+    probe = (digits.x_test[:200], digits.y_test[:200])
+    base = mia_efficacy(cnn, (x_r, y_r), test_set, probe)
+    assert mia_efficacy(cnn, (x_r[shuffled_tail], y_r[shuffled_tail]), test_set, probe) == base
+    assert mia_efficacy(cnn, (x_r[:n_test], y_r[:n_test]), test_set, probe) == base
 
 
 def test_retrain_forgets_a_class_completely(cnn, digits):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from defenses.prompt_training import PromptRecipe, parse_terms, term_l1, term_l2, term_l3, train_prompts
-from defenses.prompts import ClasswisePromptedClassifier, PromptedClassifier, border_mask, build_target, load_prompts, save_prompts
+from defenses.prompt_training import PromptRecipe, batch_loss, parse_terms, pgd_on_prompted, term_l1, term_l2, term_l3, train_prompts
+from defenses.prompts import ClasswisePromptedClassifier, PromptedClassifier, apply_prompt, border_mask, build_target, load_prompts, save_prompts
 from defenses.visual_prompt import ClasswiseAdversarialPrompt, UniversalAdversarialPrompt, VisualPrompt
 from robustbench_peft.attack import Attack
 from robustbench_peft.cache import cache_dir
@@ -218,29 +218,90 @@ def test_training_is_seeded(cnn, small_task):
     assert not torch.equal(first, third)
 
 
-def _loop_terms(probs: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[list[float], list[float], list[float]]:
-    """The three inter-prompt hinge terms written with explicit loops."""
+def _hinge_tables(probs: torch.Tensor, y: torch.Tensor, tau: float) -> dict[str, list[list[float | None]]]:
+    """Per term, a (B, C) table written with explicit loops: the hinge of sample b in class j's mean, or None."""
     n, k, _ = probs.shape
-    l1, l2, l3 = [], [], []
+    tables: dict[str, list[list[float | None]]] = {"l1": [], "l2": [], "l3": []}
     for b in range(n):
         yb = int(y[b])
         own = float(probs[b, yb, yb])
-        l1.append(max(max(float(probs[b, c, c]) for c in range(k) if c != yb) - own, -tau))
-        total = 0.0
-        for j in range(k):
-            if j != yb:
-                total += max(float(probs[b, j, j]) - max(float(probs[b, j, c]) for c in range(k) if c != j), -tau)
-        l2.append(total)
-        l3.append(max(max(float(probs[b, c, yb]) for c in range(k) if c != yb) - own, -tau))
-    return l1, l2, l3
+        l1 = max(max(float(probs[b, c, c]) for c in range(k) if c != yb) - own, -tau)
+        l3 = max(max(float(probs[b, c, yb]) for c in range(k) if c != yb) - own, -tau)
+        tables["l1"].append([l1 if j == yb else None for j in range(k)])
+        tables["l3"].append([l3 if j == yb else None for j in range(k)])
+        tables["l2"].append([None if j == yb else max(float(probs[b, j, j]) - max(float(probs[b, j, c]) for c in range(k) if c != j), -tau) for j in range(k)])
+    return tables
+
+
+def _sum_of_class_means(table: list[list[float | None]]) -> float:
+    """sum over classes j of the mean of the entries present in column j."""
+    total = 0.0
+    for j in range(len(table[0])):
+        column = [row[j] for row in table if row[j] is not None]
+        if column:
+            total += sum(column) / len(column)
+    return total
 
 
 def test_inter_prompt_terms_match_their_definitions():
     gen = torch.Generator().manual_seed(0)
     probs = F.softmax(torch.randn(6, 4, 4, generator=gen) * 3, dim=2)
     y = torch.tensor([0, 1, 2, 3, 1, 0])
-    for fn, expected in zip((term_l1, term_l2, term_l3), _loop_terms(probs, y, 0.1)):
-        assert torch.allclose(fn(probs, y, 0.1), torch.tensor(expected), atol=1e-6)
+    tables = _hinge_tables(probs, y, 0.1)
+    for name, fn in (("l1", term_l1), ("l2", term_l2), ("l3", term_l3)):
+        values, members = fn(probs, y, 0.1)
+        expected_members = torch.tensor([[v is not None for v in row] for row in tables[name]])
+        assert torch.equal(members, expected_members)
+        expected = torch.tensor([[0.0 if v is None else v for v in row] for row in tables[name]])
+        assert torch.allclose(values * members, expected, atol=1e-6)
+
+
+def test_cavp_loss_is_the_reference_sum_of_per_class_means(cnn, small_task):
+    """C-AVP's batch loss equals the reference objective written by hand: for clean CE, adversarial CE and
+    each of l1, l2, l3, a sum over classes of the mean over that class's samples (l2: the other classes')."""
+    x, y = small_task.x_train[:40], small_task.y_train[:40]
+    x, y = x[y < 6], y[y < 6]  # classes 6..9 absent: a missing class adds nothing
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randn(10, *cnn.input_shape, generator=gen) * 0.3
+    mask = border_mask(8, 8, 2).view(1, 1, 8, 8).float()
+    prompts = prompts * mask
+    recipe = PromptRecipe(classwise=True, adversarial=True, eps=0.1, steps=2, terms=("l1", "l2", "l3"), beta=3.0, tau=0.1)
+    loss = batch_loss(cnn, x, y, prompts, mask, recipe, torch.Generator().manual_seed(5))
+
+    x_adv = pgd_on_prompted(cnn, x, y, prompts[y], mask, 0.1, 2, 0.025, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = 0.0
+        for inputs in (x, x_adv):
+            for i in range(10):
+                rows = [b for b in range(len(y)) if int(y[b]) == i]
+                if rows:
+                    ces = [float(F.cross_entropy(cnn(apply_prompt(inputs[b : b + 1], prompts[i], mask)), y[b : b + 1])) for b in rows]
+                    expected += sum(ces) / len(ces)
+        probs = torch.stack([torch.stack([F.softmax(cnn(apply_prompt(x[b : b + 1], prompts[j], mask)), 1)[0] for j in range(10)]) for b in range(len(y))])
+        tables = _hinge_tables(probs, y, 0.1)
+        expected += 3.0 * sum(_sum_of_class_means(tables[name]) for name in ("l1", "l2", "l3"))
+    assert abs(float(loss) - expected) < 1e-4
+    # one batch mean of the same terms would be about 1/C of it: the scale is the reference's, not that
+    assert float(loss) > 3 * float(F.cross_entropy(cnn(apply_prompt(x, prompts[y], mask)), y))
+
+
+def test_shared_prompt_loss_stays_a_batch_mean(cnn, small_task):
+    """U-AVP (one prompt) keeps the reference's plain batch means of clean and adversarial CE."""
+    x, y = small_task.x_train[:32], small_task.y_train[:32]
+    prompts = torch.zeros(1, *cnn.input_shape)
+    mask = border_mask(8, 8, 2).view(1, 1, 8, 8).float()
+    recipe = PromptRecipe(classwise=False, adversarial=True, eps=0.1, steps=2)
+    loss = batch_loss(cnn, x, y, prompts, mask, recipe, torch.Generator().manual_seed(2))
+    x_adv = pgd_on_prompted(cnn, x, y, prompts[torch.zeros_like(y)], mask, 0.1, 2, 0.025, torch.Generator().manual_seed(2))
+    expected = F.cross_entropy(cnn(x), y) + F.cross_entropy(cnn(x_adv), y)
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_prompt_defaults_are_the_papers_training_length():
+    """50 epochs, PGD-10 at step eps/4, SGD 0.1 momentum 0.9 (cosine), batch 256, beta 3, tau 0.1, all three terms."""
+    config = ClasswiseAdversarialPrompt().config
+    assert (config.epochs, config.steps, config.rel_step_size, config.lr, config.momentum, config.batch_size) == (50, 10, 0.25, 0.1, 0.9, 256)
+    assert (config.beta, config.tau, config.terms) == (3.0, 0.1, ("l1", "l2", "l3"))
 
 
 def test_options_from_the_command_line():
@@ -256,6 +317,16 @@ def test_options_from_the_command_line():
         VisualPrompt(border=0)
     with pytest.raises(UserError, match="unknown option"):
         build(DEFENSES.get("vp").factory, {"eps": "0.1"}, owner="defense vp")
+
+
+def test_border_defaults_to_a_quarter_of_the_image_side(small_task):
+    """The paper's border is 8 pixels of CIFAR's 32: a quarter of the shorter side, 2 on digits' 8x8."""
+    from defenses.visual_prompt import resolve_border
+
+    assert VisualPrompt().recipe(small_task).border == 2
+    assert VisualPrompt(border=3).recipe(small_task).border == 3
+    wide = replace(small_task, x_train=torch.zeros(4, 3, 224, 160), x_test=torch.zeros(4, 3, 224, 160))
+    assert resolve_border(None, wide) == 40
 
 
 def test_training_eps_defaults_to_the_task(cnn, small_task):

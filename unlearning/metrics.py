@@ -2,10 +2,13 @@
 
 All accuracies are fractions in [0, 1]. For class-wise forgetting TA is measured
 on the test samples of the kept classes and reported separately for the
-forgotten class. MIA-efficacy follows SalUn's SVC recipe: an RBF SVC (C=3)
-learns member vs non-member from the true-class softmax confidence of retain
-samples (members) and test samples (non-members); efficacy is the fraction of
-forget samples it calls non-members.
+forgotten class. MIA-efficacy follows SalUn's reference code
+(``evaluation/SVC_MIA.py``, ``main_random.py`` / ``main_forget.py`` of
+OPTML-Group/Unlearn-Saliency): an RBF SVC (C=3, gamma "auto") learns member vs
+non-member from the true-class softmax confidence, with the first ``len(test)``
+retain samples in training order as members (the reference's
+``Subset(retain, range(test_len))``) and the whole test split as non-members;
+efficacy is the fraction of forget samples it calls non-members.
 """
 
 from __future__ import annotations
@@ -42,19 +45,17 @@ def mia_efficacy(
     members: tuple[torch.Tensor, torch.Tensor],
     non_members: tuple[torch.Tensor, torch.Tensor],
     forget: tuple[torch.Tensor, torch.Tensor],
-    seed: int,
 ) -> float:
     """Fraction of forget samples an SVC membership attack predicts to be non-members.
 
-    The SVC trains on a seeded subset of the members as large as the non-member
-    set (balanced classes, as in the reference recipe).
+    The SVC trains on the first ``len(non_members)`` members in their given
+    (training) order, as the reference code takes them, against every non-member.
     """
     from sklearn.svm import SVC
 
     x_in, y_in = members
     n = min(len(y_in), len(non_members[1]))
-    pick = torch.randperm(len(y_in), generator=torch.Generator().manual_seed(seed))[:n]
-    conf_in = true_class_confidence(target, x_in[pick], y_in[pick])
+    conf_in = true_class_confidence(target, x_in[:n], y_in[:n])
     conf_out = true_class_confidence(target, *non_members)
     features = torch.cat([conf_in, conf_out]).double().view(-1, 1).numpy()
     labels = [1] * len(conf_in) + [0] * len(conf_out)
@@ -93,7 +94,7 @@ def evaluate(
         "RA": accuracy(target, x_r, y_r),
         "TA": accuracy(target, x_t, y_t),
         "TA_forgotten": accuracy(target, task.x_test[~kept], task.y_test[~kept]) if scenario.forgotten_class is not None else None,
-        "MIA": mia_efficacy(target, (x_r, y_r), (task.x_test, task.y_test), (x_f, y_f), seed),
+        "MIA": mia_efficacy(target, (x_r, y_r), (task.x_test, task.y_test), (x_f, y_f)),
     }
     eps = middle_eps(task)
     if eps is not None and pgd_steps > 0:

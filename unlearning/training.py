@@ -71,8 +71,17 @@ class TrainingConfig(UnlearnerConfig):
 
 @dataclass(frozen=True)
 class GradientConfig(TrainingConfig):
-    """Adds the optimiser of the approximate methods (ft, ga, rl, l1sparse, salun)."""
+    """Adds the optimiser of the approximate methods (ft, ga, rl, l1sparse, salun).
 
+    Defaults are the SalUn reference code's (``arg_parser.py`` of
+    OPTML-Group/Unlearn-Saliency/Classification): SGD, momentum 0.9, weight decay
+    5e-4, batch 256, 10 epochs at lr 0.01, constant (its step decay at epochs 91
+    and 136 never comes within 10 epochs). A method overrides what its paper row used.
+    """
+
+    epochs: int = option(10, "passes over the data the method iterates on")
+    lr: float = option(0.01, "learning rate (constant)")
+    batch_size: int = option(256, "samples per step")
     optimizer: str = option("sgd", f"optimiser: {' or '.join(OPTIMIZERS)} (momentum applies to sgd)")
     momentum: float = option(0.9, "SGD momentum")
 
