@@ -107,7 +107,7 @@ def test_visual_prompts_on_a_timm_cnn(data, tmp_path):
                     "--defense", "uavp:epochs=1,steps=2", "--defense", "cavp:epochs=1,steps=2", *PGD)
     labels = [run["defense"]["label"] for run in runs]
     assert labels == ["vp:epochs=1", "uavp:epochs=1,steps=2", "cavp:epochs=1,steps=2"]
-    border = 32 * 32 - 28 * 28  # pixels on the default 2-pixel frame of a 32x32 image
+    border = 32 * 32 - 16 * 16  # pixels on the default frame of a 32x32 image: 8 pixels, the paper's CIFAR border
     for run in runs:
         assert run["defense"]["trainable_parameters"] in (3 * border, N_CLASSES * 3 * border)
         assert run["n"] == 8 and run["attacks"]
