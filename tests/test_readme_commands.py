@@ -305,6 +305,8 @@ CASES: dict[str, Case] = {
     "python -m robustbench_peft eval --suite quick --attack pgd:norm=L2,steps=50,restarts=5 --eps L2:0.5,1,2 --n 200 --seed 1 --out reports/runs/l2": Case(check_l2),
     "python -m robustbench_peft eval --suite full": Case(check_suite("full", 1), tier="budget"),
     "python -m robustbench_peft eval --suite prompts": Case(check_suite("prompts", 5)),
+    "python -m robustbench_peft eval --suite prompts --defense cavp:terms=l1 --defense cavp:terms=l2 --defense cavp:terms=l3": Case(
+        check_suite("prompts", 3), tier="budget"),
     "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
     "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
     "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", ("no_attack", "random_tokens", "unlearndiff"))),
