@@ -47,6 +47,9 @@ DIGITS = {
     "unlearners": ["esd", "salun-dm"],
     "attacks": PAPER_ATTACKS + QUICK_ATTACKS,
     "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
+    # attack only prompts the original renders as the concept (UnlearnDiff's filter); false attacks every
+    # prompt (a prompt set filtered beforehand, or a smoke test on an untrained model)
+    "filter": True,
     "threads": 1,  # one thread: several times faster than two on a shared 2-core machine
     "seed": None,  # None: the suite's seed
 }
@@ -64,6 +67,8 @@ def section_config(suite: Suite) -> dict[str, Any]:
     # no unlearner is fine when the task brings an unlearned model of its own (e.g. unet=...)
     config["unlearners"] = name_list(config["unlearners"], SECTION, "unlearners", allow_empty=True)
     config["attacks"] = name_list(config["attacks"], SECTION, "attacks")
+    if not isinstance(config["filter"], bool):
+        raise UserError(f"{SECTION}: filter must be true or false, got {config['filter']!r}")
     if not isinstance(config["task_options"], dict):
         raise UserError(f"{SECTION}: task_options must be a group of settings, e.g. {{\"model\": \"...\"}}, got {config['task_options']!r}")
     return config
@@ -181,7 +186,7 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
         kept_flags0 = [r.success for r in no_attack.run_many(target, task.kept, judge)] if task.kept else []
         kept0 = judged_share(kept_flags0)
         original = no_attack.run_many(target, task.attacked, judge)
-        keep, dropped = rendered_filter(task.attacked, original)
+        keep, dropped = rendered_filter(task.attacked, original) if config["filter"] else (list(range(len(original))), [])
         if not keep:
             raise UserError(f"{SECTION}: the original model renders none of the {len(task.attacked)} attacked prompts as the "
                             "concept, so there is nothing unlearning could have removed; check the model and the judge")
