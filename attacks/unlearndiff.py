@@ -83,17 +83,25 @@ def item_generator(seed: int, item: PromptItem) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + item.seed)
 
 
-class SampledOneHot(torch.autograd.Function):
-    """Forward: a one-hot token sampled from each row's distribution; backward: the gradient clipped to [-1, 1]."""
+class SampledTokenEmbedding(torch.autograd.Function):
+    """``one_hot(sample) @ E`` for a token sampled from each row of ``weights``, with the reference's
+    straight-through gradient: d/d weights = hardtanh(grad @ E^T).
+
+    The forward gathers the sampled rows of ``E`` (the same numbers as the one-hot product, without
+    a dense product over the whole vocabulary); the backward is the one-hot product's own gradient,
+    passed straight through the sampling and clipped to [-1, 1] as the reference's ``STERandSelect`` does.
+    """
 
     @staticmethod
-    def forward(ctx, weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(ctx, weights: torch.Tensor, table: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         pick = torch.multinomial(weights.detach(), 1, generator=generator)[:, 0]
-        return torch.nn.functional.one_hot(pick, weights.shape[-1]).to(weights.dtype)
+        ctx.save_for_backward(table)
+        return table[pick]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return torch.nn.functional.hardtanh(grad), None
+        (table,) = ctx.saved_tensors
+        return torch.nn.functional.hardtanh(grad @ table.T), None, None
 
 
 @dataclass(frozen=True)
@@ -208,9 +216,8 @@ class UnlearnDiff(PromptAttack):
         for t in timestep_schedule(target.num_train_timesteps, cfg.timesteps):
             tt = torch.full((len(active) * cfg.noise_batch,), t, dtype=torch.long)
             for _ in range(cfg.inner_steps):
-                onehot = torch.stack([SampledOneHot.apply(weights[p], gens[p]) for p in active])  # (A, k, C)
                 embeds = base[active].clone()
-                embeds[:, slots] = onehot @ candidates
+                embeds[:, slots] = torch.stack([SampledTokenEmbedding.apply(weights[p], candidates, gens[p]) for p in active])
                 cond = target.encode_embeds(ids[active], embeds).repeat_interleave(cfg.noise_batch, 0)
                 noise = torch.cat([torch.randn((cfg.noise_batch, *x0.shape[1:]), generator=gens[p]) for p in active])
                 x_t = target.add_noise(x0[active].repeat_interleave(cfg.noise_batch, 0), noise, tt)

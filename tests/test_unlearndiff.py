@@ -192,3 +192,19 @@ def test_baselines(tiny):
     assert again.adv_ids == rnd.adv_ids  # seeded
     hit = RandomTokens(k=2, trials=5, seed=4).run(target, PromptItem(PROMPT, 7, 3), FixedJudge(True))
     assert hit.success and hit.steps == 1
+
+
+def test_sampled_token_embedding_is_the_one_hot_product_with_a_clipped_straight_through_gradient():
+    from attacks.unlearndiff import SampledTokenEmbedding
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 4, generator=gen) * 10  # large entries: the clip must act
+    weights = project_simplex(torch.rand(3, 50, generator=gen)).requires_grad_(True)
+    out = SampledTokenEmbedding.apply(weights, table, torch.Generator().manual_seed(1))
+    pick = torch.multinomial(weights.detach(), 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    onehot = torch.nn.functional.one_hot(pick, 50).float()
+    assert torch.equal(out, onehot @ table)
+    upstream = torch.randn(3, 4, generator=gen)
+    (out * upstream).sum().backward()
+    expected = torch.nn.functional.hardtanh(upstream @ table.T)
+    assert torch.allclose(weights.grad, expected) and (weights.grad.abs() == 1).any()
