@@ -118,7 +118,7 @@ def test_salun_dm_defaults_are_the_papers_ddpm_setting():
 
     cfg = SalUnDMConfig()
     assert cfg.alpha == 1e-3  # the paper's DDPM retain weight (alpha 0 would forget everything)
-    assert (cfg.steps, cfg.lr, cfg.fraction, cfg.grad_clip, cfg.pseudo) == (500, 1e-4, 0.5, 1.0, "first")
+    assert (cfg.steps, cfg.lr, cfg.fraction, cfg.grad_clip, cfg.pseudo, cfg.retain_dropout) == (500, 1e-4, 0.5, 1.0, "first", 0.1)
 
 
 def test_salun_dm_alpha_is_read_from_its_spec():
@@ -149,3 +149,10 @@ def test_digits_task_first_pseudo_prompt_is_the_next_digit():
 
     request = digits_t2i_task(forget_digit=9).forget_request()
     assert request.pseudo_prompts[0] == digit_prompt(0) and digit_prompt(9) not in request.pseudo_prompts
+
+
+def test_salun_retain_loss_sums_each_samples_pixels_as_the_reference():
+    from unlearning.diffusion import retain_loss
+
+    pred, noise = torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)
+    assert retain_loss(pred, noise).item() == 64.0  # 64 pixels of error 1, averaged over the 4 samples
