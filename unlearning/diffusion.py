@@ -19,7 +19,8 @@ Both fine-tune only the UNet.
   1e-3 on a retain loss summed over each sample's pixels, 500 steps, Adam lr
   1e-4, gradient-norm clip 1, 50% mask, one fixed pseudo class, 10%
   empty-prompt dropout in the retain loss); the batch is 16 instead of 128, so
-  the default update takes about two minutes on one CPU thread, not fifteen.
+  the default update takes about two minutes on one CPU thread (batch 128
+  would take roughly eight times as long, an estimate).
 """
 
 from __future__ import annotations
