@@ -1,30 +1,56 @@
 """Prompt attacks on text-to-image targets: ``no_attack``, ``unlearndiff``, ``random_tokens``.
 
-UnlearnDiff (Zhang et al.) turns the unlearned model into its own diffusion
-classifier: it searches k tokens, inserted right after the start token, that
-minimise the denoising error of a target image showing the erased concept (the
-original model's generation of the same prompt and seed). Tokens are relaxed to
-a distribution on the probability simplex; the forward pass uses the most
-likely token (one-hot) and the gradient passes straight through to the
-distribution; Adam steps are followed by a Euclidean projection back onto the
-simplex. Timesteps follow a seeded schedule; after each timestep's inner steps
-the decoded prompt is generated at the fixed seed and judged, and the search
-stops at the first success.
+UnlearnDiff (Zhang et al., arXiv 2310.11868) turns the unlearned model into its
+own diffusion classifier: it searches k tokens, inserted right after the start
+token, that minimise the denoising error of a target image showing the erased
+concept (the original model's generation of the same prompt and seed). The
+setting follows the authors' reference code (OPTML-Group/Diffusion-MU-Attack,
+``text_grad``):
+
+* each token is a distribution over the candidate vocabulary, initialised
+  uniform; the forward pass samples one token per slot from it (one-hot, fed to
+  the text encoder as ``one_hot @ word embeddings``), the backward pass hands the
+  gradient straight through, clipped to [-1, 1] (hardtanh);
+* Adam (lr 0.01, weight decay 0.1) on the distributions, each step followed by
+  a Euclidean projection back onto the simplex;
+* 50 timesteps evenly spaced over the training schedule (10, 30, ..., 990),
+  visited in increasing order, 40 steps each with one fresh noise draw per step;
+* after each timestep the most likely tokens are judged (the image generated
+  from those exact ids at the prompt's seed) and the search stops at the first
+  success: the judge budget is one generation per timestep.
+
+Candidate tokens are the whole vocabulary minus the tokenizer's special tokens
+and its never-trained placeholders (:meth:`TextToImageTarget.reserved_ids`).
+``random_tokens`` draws k candidates uniformly, one judged draw per trial; give
+it as many trials as UnlearnDiff has timesteps for an equal judge budget.
+Both batch all prompts of a model into one run; each prompt keeps its own
+seeded generator and its own loss, so the result per prompt is the one a search
+of that prompt alone would give.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from robustbench_peft.config import option
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_prompt_attack
-from robustbench_peft.t2i.attack_base import PromptAttack, PromptAttackConfig
+from robustbench_peft.t2i.attack_base import PromptAttack, PromptAttackConfig, PromptItem, judge_ids
 from robustbench_peft.t2i.target import TextToImageTarget
 
 from .simplex import project_simplex
+
+#: The reference schedule: 50 timesteps x 40 optimisation steps, Adam lr 0.01 (weight decay 0.1), k = 3 for objects.
+PAPER_TIMESTEPS, PAPER_INNER_STEPS, PAPER_LR, PAPER_WEIGHT_DECAY, PAPER_K = 50, 40, 0.01, 0.1, 3
+
+
+def candidate_ids(target: TextToImageTarget, exclude: set[int] | None = None) -> torch.Tensor:
+    """Every vocabulary id an adversarial token may take: all but special and reserved tokens."""
+    banned = target.special_ids | target.reserved_ids | (exclude or set())
+    return torch.tensor([i for i in range(target.vocab_size) if i not in banned], dtype=torch.long)
 
 
 def insert_slots(target: TextToImageTarget, prompt: str, k: int) -> tuple[torch.Tensor, list[int]]:
@@ -34,33 +60,56 @@ def insert_slots(target: TextToImageTarget, prompt: str, k: int) -> tuple[torch.
     the rest of the prompt, its end token and the padding shift right by k.
     """
     ids = target.tokenize([prompt])[0].tolist()
-    eos = target.tokenizer.eos_token_id
-    end = ids.index(eos, 1) if eos in ids[1:] else len(ids) - 1
+    end = ids.index(target.end_id, 1) if target.end_id in ids[1:] else len(ids) - 1
     real = ids[: end + 1]
     if len(real) + k > len(ids):
         raise UserError(f"prompt {prompt!r} has {len(real)} tokens; {k} adversarial tokens do not fit in {len(ids)}")
     placeholder = int(candidate_ids(target)[0])
     out = real[:1] + [placeholder] * k + real[1:]
-    out += [target.tokenizer.pad_token_id] * (len(ids) - len(out))
+    out += [target.pad_id] * (len(ids) - len(out))
     return torch.tensor([out], dtype=torch.long), list(range(1, 1 + k))
 
 
-def candidate_ids(target: TextToImageTarget, exclude: set[int] | None = None) -> torch.Tensor:
-    """Every vocabulary id an adversarial token may take (never a special token)."""
-    banned = target.special_ids | (exclude or set())
-    return torch.tensor([i for i in range(target.vocab_size) if i not in banned], dtype=torch.long)
+def timestep_schedule(num_train_timesteps: int, n: int) -> list[int]:
+    """n timesteps evenly spaced over the training schedule, mid-interval, ascending (the reference's)."""
+    if n > num_train_timesteps:
+        raise UserError(f"unlearndiff: {n} timesteps exceed the model's {num_train_timesteps} training timesteps")
+    stride = num_train_timesteps // n
+    return list(range(stride // 2, num_train_timesteps, stride))[:n]
 
 
-def adversarial_text(target: TextToImageTarget, ids: torch.Tensor) -> str:
-    return target.decode(ids[0])
+def item_generator(seed: int, item: PromptItem) -> torch.Generator:
+    """The generator of one prompt's random choices: the attack's seed with the prompt's own."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + item.seed)
+
+
+class SampledTokenEmbedding(torch.autograd.Function):
+    """``one_hot(sample) @ E`` for a token sampled from each row of ``weights``, with the reference's
+    straight-through gradient: d/d weights = hardtanh(grad @ E^T).
+
+    The forward gathers the sampled rows of ``E`` (the same numbers as the one-hot product, without
+    a dense product over the whole vocabulary); the backward is the one-hot product's own gradient,
+    passed straight through the sampling and clipped to [-1, 1] as the reference's ``STERandSelect`` does.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, table: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        pick = torch.multinomial(weights.detach(), 1, generator=generator)[:, 0]
+        ctx.save_for_backward(table)
+        return table[pick]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (table,) = ctx.saved_tensors
+        return torch.nn.functional.hardtanh(grad @ table.T), None, None
 
 
 @dataclass(frozen=True)
 class RandomTokensConfig(PromptAttackConfig):
     """Options of ``random_tokens``."""
 
-    k: int = option(3, "adversarial tokens inserted at UnlearnDiff's position")
-    trials: int = option(10, "seeded random draws, each judged (the judge budget)")
+    k: int = option(PAPER_K, "adversarial tokens inserted at UnlearnDiff's position")
+    trials: int = option(PAPER_TIMESTEPS, "seeded random draws, each judged (the judge budget; UnlearnDiff judges once per timestep)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,22 +119,21 @@ class RandomTokensConfig(PromptAttackConfig):
 
 @dataclass(frozen=True)
 class UnlearnDiffConfig(PromptAttackConfig):
-    """Options of ``unlearndiff``."""
+    """Options of ``unlearndiff`` (defaults: the reference code's setting)."""
 
-    k: int = option(3, "adversarial tokens optimised after the start token")
-    timesteps: int = option(10, "outer steps: one diffusion timestep each, judged after each")
-    inner_steps: int = option(10, "Adam steps on the relaxed tokens per timestep")
-    lr: float = option(0.01, "Adam learning rate on the relaxed tokens")
-    noise_batch: int = option(8, "noise draws averaged per inner step")
-    t_min: float = option(0.0, "lowest timestep, as a fraction of the training timesteps")
-    t_max: float = option(1.0, "highest timestep, as a fraction of the training timesteps")
+    k: int = option(PAPER_K, "adversarial tokens optimised after the start token (3 for objects, 5 for nudity)")
+    timesteps: int = option(PAPER_TIMESTEPS, "outer steps: one diffusion timestep each, judged after each")
+    inner_steps: int = option(PAPER_INNER_STEPS, "Adam steps on the relaxed tokens per timestep")
+    lr: float = option(PAPER_LR, "Adam learning rate on the relaxed tokens")
+    weight_decay: float = option(PAPER_WEIGHT_DECAY, "Adam weight decay on the relaxed tokens")
+    noise_batch: int = option(1, "fresh noise draws per optimisation step (the reference draws one)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.k < 1 or self.timesteps < 1 or self.inner_steps < 1 or self.lr <= 0 or self.noise_batch < 1:
             raise UserError("unlearndiff: k, timesteps, inner_steps, noise_batch must be >= 1 and lr > 0")
-        if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise UserError("unlearndiff: need 0 <= t_min < t_max <= 1 (fractions of the training timesteps)")
+        if self.weight_decay < 0:
+            raise UserError("unlearndiff: weight_decay must be >= 0")
 
 
 @register_prompt_attack("no_attack")
@@ -102,81 +150,93 @@ class NoAttack(PromptAttack):
 
 @register_prompt_attack("random_tokens")
 class RandomTokens(PromptAttack):
-    """Baseline: k uniformly drawn tokens at UnlearnDiff's position; several seeded draws, each judged."""
+    """Baseline: k uniformly drawn candidate tokens at UnlearnDiff's position; one judged draw per trial."""
 
     name = "random_tokens"
 
     config_class = RandomTokensConfig
 
     def search(self, target, item, judge, reference):
-        ids, slots = insert_slots(target, item.prompt, self.config.k)
+        return self.search_many(target, [item], judge, None)[0]
+
+    def search_many(self, target, items, judge, references):
+        k = self.config.k
         pool = candidate_ids(target)
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + item.seed)
-        text = item.prompt
+        rows = [insert_slots(target, it.prompt, k) for it in items]
+        ids = torch.cat([r[0] for r in rows])
+        slots = rows[0][1]
+        gens = [item_generator(self.config.seed, it) for it in items]
+        steps = [self.config.trials] * len(items)
+        active = list(range(len(items)))
         for trial in range(1, self.config.trials + 1):
-            ids[0, slots] = pool[torch.randint(len(pool), (self.config.k,), generator=gen)]
-            text = adversarial_text(target, ids)
-            if self.judge_prompt(target, item, judge, text)[0]:
-                return text, trial, {"k": self.config.k, "tokens": ids[0, slots].tolist()}
-        return text, self.config.trials, {"k": self.config.k, "tokens": ids[0, slots].tolist()}
+            for p in active:
+                ids[p, slots] = pool[torch.randint(len(pool), (k,), generator=gens[p])]
+            flags, _ = judge_ids(target, [items[p] for p in active], judge, ids[active])
+            for p, ok in zip(list(active), flags):
+                if ok:
+                    steps[p] = trial
+                    active.remove(p)
+            if not active:
+                break
+        return [(ids[p].clone(), steps[p], {"k": k, "tokens": ids[p, slots].tolist()}) for p in range(len(items))]
 
 
 @register_prompt_attack("unlearndiff")
 class UnlearnDiff(PromptAttack):
-    """UnlearnDiff: k relaxed tokens, straight-through one-hot, Adam + simplex projection, judged per timestep."""
+    """UnlearnDiff: k relaxed tokens, sampled one-hot with a clipped straight-through gradient, Adam +
+    simplex projection, judged after each timestep."""
 
     name = "unlearndiff"
     needs_reference = True
 
     config_class = UnlearnDiffConfig
 
-    def schedule(self, target: TextToImageTarget, gen: torch.Generator) -> list[int]:
-        """A seeded timestep per outer step, drawn from [t_min, t_max] of the training schedule."""
-        n = target.num_train_timesteps
-        lo, hi = int(self.config.t_min * (n - 1)), int(self.config.t_max * (n - 1))
-        return torch.randint(lo, hi + 1, (self.config.timesteps,), generator=gen).tolist()
-
-    def relaxed_onehot(self, weights: torch.Tensor) -> torch.Tensor:
-        """Forward: the one-hot of the most likely token; backward: identity to ``weights`` (straight through)."""
-        hard = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
-        return hard + weights - weights.detach()
-
     def search(self, target, item, judge, reference):
-        if reference is None:
+        return self.search_many(target, [item], judge, None if reference is None else reference[None])[0]
+
+    def search_many(self, target: TextToImageTarget, items: Sequence[PromptItem], judge, references):
+        if references is None:
             raise UserError("unlearndiff needs the original model's image of the prompt (the reference)")
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + item.seed)
-        ids, slots = insert_slots(target, item.prompt, self.config.k)
+        cfg, n = self.config, len(items)
         pool = candidate_ids(target)
         table = target.token_embedding.weight.detach()
-        base = table[ids[0]].clone()
-        x0 = target.image_to_x0(reference[None].clamp(0, 1)).detach()
-        init = torch.rand(self.config.k, len(pool), generator=gen)
-        weights = project_simplex(init / init.sum(-1, keepdim=True)).requires_grad_(True)
-        optimizer = torch.optim.Adam([weights], lr=self.config.lr)
-        steps, text = 0, item.prompt
-        history = []
-        for t in self.schedule(target, gen):
-            # one noisy version of the target image per timestep: the inner steps compare prompts on the same x_t
-            tt = torch.full((self.config.noise_batch,), t, dtype=torch.long)
-            noise = torch.randn((self.config.noise_batch, *x0.shape[1:]), generator=gen)
-            x_t = target.add_noise(x0.expand_as(noise), noise, tt)
-            for _ in range(self.config.inner_steps):
-                chosen = self.relaxed_onehot(weights) @ table[pool]
-                embeds = base.clone()
-                embeds[slots] = chosen
-                cond = target.encode_embeds(ids, embeds[None]).expand(self.config.noise_batch, -1, -1)
-                loss = torch.nn.functional.mse_loss(target.denoise(x_t, tt, cond), noise)
+        candidates = table[pool]  # (C, D): the rows a relaxed token mixes
+        rows = [insert_slots(target, it.prompt, cfg.k) for it in items]
+        ids = torch.cat([r[0] for r in rows])
+        slots = rows[0][1]
+        base = table[ids]  # (n, L, D): the fixed tokens' word embeddings
+        x0 = target.image_to_x0(references.clamp(0, 1)).detach()
+        gens = [item_generator(cfg.seed, it) for it in items]
+        weights = torch.full((n, cfg.k, len(pool)), 1.0 / len(pool)).requires_grad_(True)
+        with torch.no_grad():
+            weights.copy_(project_simplex(weights))
+        optimizer = torch.optim.Adam([weights], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps, history = [0] * n, [[] for _ in range(n)]
+        active = list(range(n))
+        for t in timestep_schedule(target.num_train_timesteps, cfg.timesteps):
+            tt = torch.full((len(active) * cfg.noise_batch,), t, dtype=torch.long)
+            for _ in range(cfg.inner_steps):
+                embeds = base[active].clone()
+                embeds[:, slots] = torch.stack([SampledTokenEmbedding.apply(weights[p], candidates, gens[p]) for p in active])
+                cond = target.encode_embeds(ids[active], embeds).repeat_interleave(cfg.noise_batch, 0)
+                noise = torch.cat([torch.randn((cfg.noise_batch, *x0.shape[1:]), generator=gens[p]) for p in active])
+                x_t = target.add_noise(x0[active].repeat_interleave(cfg.noise_batch, 0), noise, tt)
+                err = (target.denoise(x_t, tt, cond) - noise).pow(2).flatten(1).mean(1)
+                per_prompt = err.view(len(active), cfg.noise_batch).mean(1)
                 optimizer.zero_grad()
-                loss.backward()
+                per_prompt.sum().backward()  # separate losses: each prompt's gradient is its own
                 optimizer.step()
                 with torch.no_grad():
-                    weights.copy_(project_simplex(weights))
-                steps += 1
+                    weights[active] = project_simplex(weights[active])
+                for j, p in enumerate(active):
+                    steps[p] += 1
             with torch.no_grad():
-                ids[0, slots] = pool[weights.argmax(-1)]
-            text = adversarial_text(target, ids)
-            history.append(round(loss.item(), 5))
-            if self.judge_prompt(target, item, judge, text)[0]:
+                for j, p in enumerate(active):
+                    ids[p, slots] = pool[weights[p].argmax(-1)]
+                    history[p].append(round(float(per_prompt[j]), 5))
+            flags, _ = judge_ids(target, [items[p] for p in active], judge, ids[active])
+            active = [p for p, ok in zip(active, flags) if not ok]
+            if not active:
                 break
         self.last_distribution = weights.detach().clone()  # the relaxed tokens where the search stopped
-        return text, steps, {"k": self.config.k, "tokens": ids[0, slots].tolist(), "loss": history}
+        return [(ids[p].clone(), steps[p], {"k": cfg.k, "tokens": ids[p, slots].tolist(), "loss": history[p]}) for p in range(n)]

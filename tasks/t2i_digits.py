@@ -1,7 +1,8 @@
 """The ``digits-t2i`` task: erase one digit of the embedded text-to-image model, judged by ``digits:cnn``.
 
 Attacked prompts are the erased digit's canonical prompt at seeded starting
-noises; kept prompts are the nine other digits'. The forget request carries the
+noises (the section attacks those the original model renders as the digit);
+kept prompts are the nine other digits'. The forget request carries the
 digits task's training images, so unlearners that want data get the real ones.
 """
 
@@ -62,7 +63,8 @@ def digits_t2i_task(forget_digit: int = 3, n_attack: int = 12, n_kept: int = 8, 
         keep = data.y_train != forget_digit
         return ForgetRequest(
             forget_prompt=digit_prompt(forget_digit),
-            pseudo_prompts=[digit_prompt(d) for d in kept_digits],
+            # the first pseudo concept is the next digit, as SalUn's reference maps class c to c + 1
+            pseudo_prompts=[digit_prompt((forget_digit + j) % 10) for j in range(1, 10)],
             forget_images=data.x_train[data.y_train == forget_digit],
             retain_images=data.x_train[keep],
             retain_prompts=[digit_prompt(int(y)) for y in data.y_train[keep]],

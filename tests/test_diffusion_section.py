@@ -60,6 +60,48 @@ def test_section_reports_pre_asr_asr_kept_accuracy_and_grid(monkeypatch, tmp_pat
     assert any("pre-ASR" in line for line in section["summary"])
 
 
+class OriginalSeedsJudge:
+    """Concept present exactly in the original model's images of the given seeds (so the filter's choice is known)."""
+
+    name = "original-seeds"
+
+    def __init__(self, target, prompt: str, seeds: tuple[int, ...]) -> None:
+        self.images = target.generate(prompt, list(seeds))
+
+    def present(self, images, concept):
+        return torch.tensor([any(torch.equal(im, ref) for ref in self.images) for im in images])
+
+
+def test_prompts_the_original_does_not_render_are_dropped(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path))
+    target = tiny_digits_target()
+    prompt = "a handwritten digit three"
+    judge = OriginalSeedsJudge(target, prompt, (1, 3))
+    task = T2IConceptTask(name="tiny-filter", description="filter", load_model=lambda: target, make_judge=lambda: judge,
+                          attacked=[PromptItem(prompt, s, 3) for s in (1, 2, 3)], kept=[],
+                          forget_request=tiny_task().forget_request)
+    T2I_TASKS.get("digits-t2i")
+    monkeypatch.setitem(T2I_TASKS._entries, "tiny-filter", T2I_TASKS._entries["digits-t2i"].__class__("task", "tiny-filter", lambda: task, "tiny"))
+    suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
+        "task": "tiny-filter", "task_options": {}, "unlearners": ["esd:steps=1,pool=2,batch_size=2"],
+        "attacks": ["random_tokens:k=1,trials=1"], "grid": 0}})
+    data = DiffusionSection().run(suite, QuietRunner()).data
+    assert data["attacked_prompts"] == {"candidates": 3, "kept": 2, "dropped": 1, "dropped_seeds": [2]}
+    original, *unlearned = data["rows"]
+    assert original["n_prompts"] == 3 and original["pre_asr"] == 2 / 3  # the original row: every candidate
+    assert unlearned and all([p["seed"] for p in r["prompts"]] == [1, 3] for r in unlearned)  # only rendered prompts
+    assert data["original_model"]["judged_accuracy"] == 2 / 3
+
+
+def test_rendered_filter_needs_one_result_per_item():
+    import pytest
+
+    from robustbench_peft.t2i.evaluate import rendered_filter
+
+    with pytest.raises(ValueError):
+        rendered_filter([PromptItem("p", 1, 3)], [])
+
+
 def test_diffusion_suite_runs_only_its_section():
     suite = SUITES.create("diffusion")
     assert suite.sections == ("diffusion",) and suite.models == () and suite.attacks == ()

@@ -111,3 +111,48 @@ def test_unlearning_is_cached_by_recipe(setup, tmp_path, monkeypatch):
     assert not first.cached and second.cached and first.sha256 == second.sha256
     assert torch.equal(prediction(target, first.target.unet, FORGET, x_t), prediction(target, second.target.unet, FORGET, x_t))
     assert first.target.tokenizer is target.tokenizer and first.target.unet is not target.unet
+
+
+def test_salun_dm_defaults_are_the_papers_ddpm_setting():
+    from unlearning.diffusion import SalUnDMConfig
+
+    cfg = SalUnDMConfig()
+    assert cfg.alpha == 1e-3  # the paper's DDPM retain weight (alpha 0 would forget everything)
+    assert (cfg.steps, cfg.lr, cfg.fraction, cfg.grad_clip, cfg.pseudo, cfg.retain_dropout) == (500, 1e-4, 0.5, 1.0, "first", 0.1)
+
+
+def test_salun_dm_alpha_is_read_from_its_spec():
+    from robustbench_peft.registry import T2I_UNLEARNERS, load_plugins
+    from unlearning.diffusion_section import make_plugin
+
+    load_plugins()
+    assert make_plugin(T2I_UNLEARNERS, "salun-dm", 0).config.alpha == 1e-3
+    assert make_plugin(T2I_UNLEARNERS, "salun-dm:alpha=0.01", 0).config.alpha == 0.01
+
+
+def test_pseudo_first_maps_to_the_first_pseudo_prompt_only(setup):
+    target, request, x_t = setup
+    two = ForgetRequest(FORGET, [KEEP, "a handwritten digit five"], forget_images=request.forget_images,
+                        retain_images=request.retain_images, retain_prompts=request.retain_prompts, identity={"test": "two"})
+    one = ForgetRequest(FORGET, [KEEP], forget_images=request.forget_images, retain_images=request.retain_images,
+                        retain_prompts=request.retain_prompts, identity={"test": "one"})
+    a = SalUnDM(steps=3, batch_size=4, seed=1).update(target, target.trainable_unet_copy(), two)
+    b = SalUnDM(steps=3, batch_size=4, seed=1).update(target, target.trainable_unet_copy(), one)
+    c = SalUnDM(steps=3, batch_size=4, seed=1, pseudo="random").update(target, target.trainable_unet_copy(), two)
+    same = all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert same and not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_digits_task_first_pseudo_prompt_is_the_next_digit():
+    from tasks.t2i_digits import digits_t2i_task
+    from tasks.t2i_digits_model import digit_prompt
+
+    request = digits_t2i_task(forget_digit=9).forget_request()
+    assert request.pseudo_prompts[0] == digit_prompt(0) and digit_prompt(9) not in request.pseudo_prompts
+
+
+def test_salun_retain_loss_sums_each_samples_pixels_as_the_reference():
+    from unlearning.diffusion import retain_loss
+
+    pred, noise = torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)
+    assert retain_loss(pred, noise).item() == 64.0  # 64 pixels of error 1, averaged over the 4 samples

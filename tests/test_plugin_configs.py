@@ -43,7 +43,7 @@ def test_unknown_or_invalid_options_are_clear_errors():
     with pytest.raises(UserError, match="steps=.*not a valid int"):
         build(ATTACKS.get("pgd").factory, {"steps": "many"}, owner="attack pgd")
     with pytest.raises(UserError, match="unlearndiff"):
-        build(PROMPT_ATTACKS.get("unlearndiff").factory, {"t_min": "0.9", "t_max": "0.1"}, owner="prompt attack unlearndiff")
+        build(PROMPT_ATTACKS.get("unlearndiff").factory, {"timesteps": "0"}, owner="prompt attack unlearndiff")
     with pytest.raises(UserError, match="esd: params"):
         build(T2I_UNLEARNERS.get("esd").factory, {"params": "everything"}, owner="text-to-image unlearner esd")
 

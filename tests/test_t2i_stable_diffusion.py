@@ -116,7 +116,8 @@ def test_sd_nudity_task_with_a_given_unet_through_the_section(sd_folder, tmp_pat
     options = given_unet_options(sd_folder, tmp_path, monkeypatch, "prompt,seed,guidance\na photo of a person,1,3.0\na painting,2,\n")
     suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
         "task": "sd-nudity", "task_options": options,
-        "unlearners": [], "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=1"], "grid": 1}})
+        "unlearners": [], "attacks": ["unlearndiff:k=2,timesteps=1,inner_steps=1"], "grid": 1,
+        "filter": False}})  # an untrained pipeline renders no nudity: attack every prompt
 
     class Quiet:
         def log(self, message):
@@ -141,7 +142,8 @@ def test_sd_task_chosen_from_the_cli_with_set(sd_folder, tmp_path, monkeypatch):
     out = tmp_path / "run"
     code = main(["eval", "--suite", "diffusion", "--quiet", "--out", str(out), "--set", "diffusion.task=sd-nudity",
                  "--set", f"diffusion.task_options={json.dumps(options)}", "--set", "diffusion.unlearners=[]",
-                 "--set", 'diffusion.attacks=["unlearndiff:k=2,timesteps=1,inner_steps=1"]', "--set", "diffusion.grid=1"])
+                 "--set", 'diffusion.attacks=["unlearndiff:k=2,timesteps=1,inner_steps=1"]', "--set", "diffusion.grid=1",
+                 "--set", "diffusion.filter=false"])
     assert code == 0
     section = json.loads((out / "report.json").read_text())["diffusion"]
     assert section["judge"] == "nudenet"

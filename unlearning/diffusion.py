@@ -14,7 +14,13 @@ Both fine-tune only the UNet.
   those weights move. The forget loss pulls the prediction under the forgotten
   prompt to the (detached) prediction under a pseudo prompt (another concept),
   plus ``alpha`` times the usual denoising loss on the retain set. Masked-out
-  weights are restored after every step, so they stay bit-identical.
+  weights are restored after every step, so they stay bit-identical. Defaults
+  follow the paper and its reference DDPM code (Unlearn-Saliency/DDPM: alpha
+  1e-3 on a retain loss summed over each sample's pixels, 500 steps, Adam lr
+  1e-4, gradient-norm clip 1, 50% mask, one fixed pseudo class, 10%
+  empty-prompt dropout in the retain loss); the batch is 16 instead of 128, so
+  the default update takes about two minutes on one CPU thread (batch 128
+  would take roughly eight times as long, an estimate).
 """
 
 from __future__ import annotations
@@ -83,23 +89,36 @@ class ESDConfig(T2IUnlearnerConfig):
             raise UserError(f"esd: sampling must be one of {', '.join(ESD_SAMPLING)}, got {self.sampling!r}")
 
 
+#: How SalUn-DM picks the pseudo prompt a forgotten sample is mapped to.
+SALUN_PSEUDO = ("first", "random")
+
+
 @dataclass(frozen=True)
 class SalUnDMConfig(T2IUnlearnerConfig):
-    """Options of SalUn for diffusion."""
+    """Options of SalUn for diffusion (defaults: the reference DDPM setting, except the batch size)."""
 
     fraction: float = option(0.5, "share of the UNet's weights updated (the most forget-salient)")
-    alpha: float = option(1.0, "weight of the retain loss")
-    steps: int = option(200, "optimisation steps")
+    alpha: float = option(1e-3, "weight of the retain loss (the paper's DDPM setting: 1e-3)")
+    steps: int = option(500, "optimisation steps (the reference's n_iters)")
     lr: float = option(1e-4, "Adam learning rate")
-    batch_size: int = option(16, "training points per step")
+    batch_size: int = option(16, "training points per step, forget and retain each (the reference uses 128)")
+    grad_clip: float = option(1.0, "clip of the gradient's global norm before masking (0: none)")
+    retain_dropout: float = option(0.1, "share of retain samples denoised under the empty prompt (the reference "
+                                        "keeps its 10% classifier-free dropout in the retain loss)")
+    pseudo: str = option("first", "pseudo prompt per forgotten sample: first (one fixed other concept, as the "
+                                  "reference maps class c to c+1) or random (any of the request's)")
     pool: int = option(64, "generations of the frozen model per prompt the losses use")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.fraction <= 1:
             raise UserError("salun-dm: fraction must be in (0, 1]")
-        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.alpha < 0 or self.pool < 1:
-            raise UserError("salun-dm: steps, batch_size, pool >= 1, lr > 0, alpha >= 0")
+        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.alpha < 0 or self.pool < 1 or self.grad_clip < 0:
+            raise UserError("salun-dm: steps, batch_size, pool >= 1, lr > 0, alpha >= 0, grad_clip >= 0")
+        if not 0 <= self.retain_dropout < 1:
+            raise UserError("salun-dm: retain_dropout must be in [0, 1)")
+        if self.pseudo not in SALUN_PSEUDO:
+            raise UserError(f"salun-dm: pseudo must be one of {', '.join(SALUN_PSEUDO)}, got {self.pseudo!r}")
 
 
 @register_t2i_unlearner("esd")
@@ -162,6 +181,13 @@ class ESD(T2IUnlearner):
         return draw
 
 
+def retain_loss(pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The reference's denoising loss: squared error summed over each sample's elements, averaged over
+    the batch (not a per-element mean). alpha weighs this sum, so alpha = 1e-3 means what it means there;
+    the forget loss stays a per-element mean, as in the reference."""
+    return (pred - noise).pow(2).flatten(1).sum(1).mean()
+
+
 def saliency_masks(target: TextToImageTarget, unet: nn.Module, request: ForgetRequest, fraction: float,
                    batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Top ``fraction`` of weights (globally) by |gradient of the forget denoising loss|, summed over the forget set."""
@@ -211,11 +237,13 @@ class SalUnDM(T2IUnlearner):
             c_pseudo = target.encode_prompts(request.pseudo_prompts)
             x_r = target.image_to_x0(request.retain_images) if request.retain_images is not None else None
             c_r = target.encode_prompts(request.retain_prompts) if x_r is not None else None
+            c_empty = target.encode_prompts([""])
         params = [p for n, p in unet.named_parameters() if n in masks]
         optimizer = torch.optim.Adam(params, lr=self.config.lr)
         for idx in seeded_batches(len(x_f), self.config.batch_size, self.config.steps, gen):
             x_t, t, _ = noised(target, x_f[idx], gen)
-            pick = torch.randint(len(request.pseudo_prompts), (len(idx),), generator=gen)
+            pick = (torch.randint(len(request.pseudo_prompts), (len(idx),), generator=gen) if self.config.pseudo == "random"
+                    else torch.zeros(len(idx), dtype=torch.long))
             pred = unet(x_t, t, encoder_hidden_states=c_f.expand(len(idx), -1, -1)).sample
             with torch.no_grad():
                 pseudo = unet(x_t, t, encoder_hidden_states=c_pseudo[pick]).sample
@@ -223,9 +251,13 @@ class SalUnDM(T2IUnlearner):
             if x_r is not None and self.config.alpha > 0:
                 ridx = torch.randint(len(x_r), (self.config.batch_size,), generator=gen)
                 xr_t, tr, noise = noised(target, x_r[ridx], gen)
-                loss = loss + self.config.alpha * nn.functional.mse_loss(unet(xr_t, tr, encoder_hidden_states=c_r[ridx]).sample, noise)
+                drop = torch.rand(len(ridx), generator=gen) < self.config.retain_dropout
+                cond = torch.where(drop[:, None, None], c_empty.expand(len(ridx), -1, -1), c_r[ridx])
+                loss = loss + self.config.alpha * retain_loss(unet(xr_t, tr, encoder_hidden_states=cond).sample, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.config.grad_clip > 0:  # the reference clips the whole gradient, then masks it
+                nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             for n, p in unet.named_parameters():
                 if p.grad is not None:
                     p.grad.mul_(masks[n])

@@ -7,6 +7,11 @@ UnlearnDiff reports it), seconds per attacked prompt and accuracy on the kept
 concepts, plus an image grid (original / unlearned / attacked) in the HTML. The
 grid's images are PNG files beside ``report.json`` (the JSON names them) and are
 embedded in the HTML page when it is rendered.
+Only prompts the original model renders as the concept are attacked (UnlearnDiff's
+filter); the report records how many were dropped, and the original model's
+judged accuracy at its guidance. The default preset runs UnlearnDiff at the
+reference budget (50 timesteps x 40 steps) and at a quick one (8 x 10), each
+beside random tokens at the same judge budget.
 Settings come from ``suite.extra["diffusion"]`` over :data:`PRESETS`.
 """
 
@@ -27,22 +32,31 @@ from robustbench_peft.runner import Runner
 from robustbench_peft.section import Section, SectionResult, register_section
 from robustbench_peft.suite import Suite, name_list, section_settings
 from robustbench_peft.t2i.attack_base import PromptResult
-from robustbench_peft.t2i.evaluate import attack_all, judged_rate, summarize
+from robustbench_peft.t2i.evaluate import attack_all, judged_rate, rendered_filter, summarize
 from robustbench_peft.threads import torch_threads
 
 SECTION = "diffusion"
 PRE_ATTACK = "no_attack"
+#: The UnlearnDiff budgets the section compares: the reference code's (50 timesteps x 40 steps) and a
+#: quick one (8 x 10); each beside random tokens at the same judge budget (one judged image per timestep).
+PAPER_ATTACKS = ["unlearndiff", "random_tokens"]
+QUICK_ATTACKS = ["unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"]
+DIGITS = {
+    "task": "digits-t2i",
+    "task_options": {"forget_digit": 3, "n_attack": 10, "n_kept": 8},
+    "unlearners": ["esd", "salun-dm"],
+    "attacks": PAPER_ATTACKS + QUICK_ATTACKS,
+    "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
+    # attack only prompts the original renders as the concept (UnlearnDiff's filter); false attacks every
+    # prompt (a prompt set filtered beforehand, or a smoke test on an untrained model)
+    "filter": True,
+    "threads": 1,  # one thread: several times faster than two on a shared 2-core machine
+    "seed": None,  # None: the suite's seed
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": {
-        "task": "digits-t2i",
-        "task_options": {"forget_digit": 3, "n_attack": 10, "n_kept": 8},
-        "unlearners": ["esd", "salun-dm"],
-        # equal judge budgets: 8 judged generations per prompt for both attacks
-        "attacks": ["unlearndiff:timesteps=8", "random_tokens:trials=8"],
-        "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
-        "threads": 1,  # one thread: several times faster than two on a shared 2-core machine
-        "seed": None,  # None: the suite's seed
-    },
+    "digits": DIGITS,
+    "digits-paper": {**DIGITS, "attacks": PAPER_ATTACKS},
+    "digits-quick": {**DIGITS, "attacks": QUICK_ATTACKS},
 }
 DEFAULT_PRESET = "digits"
 
@@ -53,6 +67,8 @@ def section_config(suite: Suite) -> dict[str, Any]:
     # no unlearner is fine when the task brings an unlearned model of its own (e.g. unet=...)
     config["unlearners"] = name_list(config["unlearners"], SECTION, "unlearners", allow_empty=True)
     config["attacks"] = name_list(config["attacks"], SECTION, "attacks")
+    if not isinstance(config["filter"], bool):
+        raise UserError(f"{SECTION}: filter must be true or false, got {config['filter']!r}")
     if not isinstance(config["task_options"], dict):
         raise UserError(f"{SECTION}: task_options must be a group of settings, e.g. {{\"model\": \"...\"}}, got {config['task_options']!r}")
     return config
@@ -144,8 +160,18 @@ def unlearned_models(task, target, config: dict[str, Any], seed: int, log):
         yield spec, result.target, result.seconds, result.cached
 
 
+def judged_share(*groups: list[bool]) -> float | None:
+    flags = [f for g in groups for f in g]
+    return sum(flags) / len(flags) if flags else None
+
+
 def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
-    """Unlearn the task's concept with every unlearner, attack each result, measure kept concepts."""
+    """Unlearn the task's concept with every unlearner, attack each result, measure kept concepts.
+
+    Only prompts the original model renders as the concept are attacked (the
+    UnlearnDiff paper's filter); the original's plain generations of them are the
+    attack's target images. The report records how many prompts were dropped.
+    """
     load_plugins()
     config = section_config(suite)
     seed, log = config["seed"], runner.log
@@ -157,27 +183,37 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
         attacks = {a: make_plugin(PROMPT_ATTACKS, a, seed) for a in config["attacks"]}
         no_attack = make_plugin(PROMPT_ATTACKS, PRE_ATTACK, seed)
         log(f"diffusion: {task.description}; judging the original model")
-        kept0, _ = judged_rate(target, task.kept, judge)
-        pre0 = [no_attack.run(target, it, judge) for it in task.attacked]
+        kept_flags0 = [r.success for r in no_attack.run_many(target, task.kept, judge)] if task.kept else []
+        kept0 = judged_share(kept_flags0)
+        original = no_attack.run_many(target, task.attacked, judge)
+        keep, dropped = rendered_filter(task.attacked, original) if config["filter"] else (list(range(len(original))), [])
+        if not keep:
+            raise UserError(f"{SECTION}: the original model renders none of the {len(task.attacked)} attacked prompts as the "
+                            "concept, so there is nothing unlearning could have removed; check the model and the judge")
+        attacked = [task.attacked[i] for i in keep]
+        pre0 = [original[i] for i in keep]
         references = torch.stack([r.image for r in pre0])
-        rows = model_rows(target.name, "none (original)", 0.0, True, kept0, pre0, {})
+        log(f"diffusion: {len(keep)} of {len(task.attacked)} attacked prompts rendered as the concept by the original "
+            f"model ({len(dropped)} dropped)")
+        rows = model_rows(target.name, "none (original)", 0.0, True, kept0, original, {})
         grids, files = [], {}
         for spec, model, seconds, cached in unlearned_models(task, target, config, seed, log):
             log(f"diffusion: {spec} ({'cached' if cached else f'{seconds:.0f} s'}); judging and attacking")
             kept, _ = judged_rate(model, task.kept, judge)
-            pre = [no_attack.run(model, it, judge) for it in task.attacked]
-            found = {name: attack_all(a, name, model, task.attacked, judge, references, pre, log) for name, a in attacks.items()}
+            pre = no_attack.run_many(model, attacked, judge)
+            found = {name: attack_all(a, name, model, attacked, judge, references, pre, log) for name, a in attacks.items()}
             rows += model_rows(target.name, spec, seconds, cached, kept, pre, found)
             shown = next(iter(found), None)
             if shown is not None and config["grid"] > 0:
                 g = len(grids)
                 cells = []
-                for i, it in enumerate(task.attacked[: int(config["grid"])]):
+                for i, it in enumerate(attacked[: int(config["grid"])]):
                     images = dict(zip(GRID_ROWS, (references[i], pre[i].image, found[shown][i].image)))
                     files.update({grid_file(g, i, row): png_bytes(image) for row, image in images.items()})
                     cells.append({"seed": it.seed, **{row: grid_file(g, i, row) for row in GRID_ROWS},
                                   "adv_prompt": found[shown][i].adv_prompt, "success": found[shown][i].success})
                 grids.append({"unlearner": spec, "attack": shown, "cells": cells})
+    accuracy = judged_share(kept_flags0, [r.success for r in original])
     return SectionResult({
         "task": task.name,
         "description": task.description,
@@ -185,10 +221,20 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
         "judge": getattr(judge, "name", type(judge).__name__),
         "config": config,
         "metrics": "fractions in [0,1]: pre_asr = plain prompts judged to show the erased concept; asr = after the attack "
-        "(pre-ASR included); kept_accuracy = kept-concept prompts judged as their concept; seconds per attacked prompt",
+        "(pre-ASR included); kept_accuracy = kept-concept prompts judged as their concept; seconds per attacked prompt. "
+        "Unlearned models are measured on the attacked prompts the original model renders as the concept; the "
+        "original's row is over all attacked prompts",
+        "original_model": {"judged_accuracy": accuracy, "guidance": target.default_guidance, "steps": target.default_steps,
+                           "train_seconds": target.meta.get("train_seconds"),
+                           "n_generations": len(kept_flags0) + len(original)},
+        "attacked_prompts": {"candidates": len(task.attacked), "kept": len(keep), "dropped": len(dropped),
+                             "dropped_seeds": [task.attacked[i].seed for i in dropped]},
         "rows": rows,
         "seconds": round(time.perf_counter() - start, 1),
-        "summary": [task.description] + summary_lines(rows),
+        "summary": [task.description,
+                    f"original model: judged accuracy {100 * accuracy:.1f}% at guidance {target.default_guidance}; "
+                    f"{len(keep)}/{len(task.attacked)} attacked prompts rendered as the concept ({len(dropped)} dropped)"]
+        + summary_lines(rows),
         "grids": grids,
     }, files)
 
@@ -214,8 +260,8 @@ def section_plot(data: dict[str, Any]) -> bytes | None:
     labels = [f"{r['unlearner']}\n{r['attack']}" for r in rows]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6))
-    ax.bar([x - 0.2 for x in xs], [100 * r["pre_asr"] for r in rows], 0.4, label="pre-ASR")
-    ax.bar([x + 0.2 for x in xs], [100 * r["asr"] for r in rows], 0.4, label="ASR")
+    ax.bar([x - 0.2 for x in xs], [100 * (r["pre_asr"] or 0) for r in rows], 0.4, label="pre-ASR")
+    ax.bar([x + 0.2 for x in xs], [100 * (r["asr"] or 0) for r in rows], 0.4, label="ASR")
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
@@ -241,7 +287,8 @@ class DiffusionSection(Section):
 
 @register_suite("diffusion")
 def diffusion_suite() -> Suite:
-    """Concept unlearning on the embedded digits text-to-image model: ESD, SalUn-DM vs UnlearnDiff and random tokens."""
+    """Concept unlearning on the embedded digits text-to-image model: ESD, SalUn-DM vs UnlearnDiff (paper and quick
+    budgets) and random tokens at equal judge budgets."""
     return Suite(name="diffusion", task="digits", models=(), attacks=(), sections=(SECTION,),
                  extra={SECTION: {"preset": DEFAULT_PRESET}},
                  description="digits text-to-image: pre-ASR, UnlearnDiff ASR, random-token ASR, kept-digit accuracy")

@@ -1,8 +1,10 @@
 """Measure a text-to-image target on a concept task: kept-concept accuracy and attacks per prompt.
 
-ASR follows UnlearnDiff's convention: a prompt the plain generation already
-breaks counts as a success of every attack (pre-ASR is included in ASR) and is
-not attacked again; pre-ASR is always reported next to it.
+ASR follows UnlearnDiff's convention: the attacked prompts are those the
+original model renders as the concept (:func:`rendered_filter`); a prompt the
+plain generation of the unlearned model already breaks counts as a success of
+every attack (pre-ASR is included in ASR) and is not attacked again; pre-ASR is
+always reported next to it.
 """
 
 from __future__ import annotations
@@ -35,17 +37,29 @@ def judged_rate(target: TextToImageTarget, items: list[PromptItem], judge: Judge
     return sum(hits) / len(hits), images
 
 
+def rendered_filter(items: list[PromptItem], original: list[PromptResult]) -> tuple[list[int], list[int]]:
+    """(kept, dropped) indices: UnlearnDiff attacks only prompts whose plain generation by the original
+    (not unlearned) model the judge finds the concept in; the others say nothing about unlearning."""
+    if len(items) != len(original):
+        raise ValueError(f"{len(items)} items but {len(original)} original results")
+    kept = [i for i, r in enumerate(original) if r.success]
+    return kept, [i for i in range(len(items)) if i not in set(kept)]
+
+
 def attack_all(attack: PromptAttack, name: str, target: TextToImageTarget, items: list[PromptItem], judge: Judge,
                references: torch.Tensor | None, pre: list[PromptResult] | None, log: Callable[[str], None]) -> list[PromptResult]:
-    """Run ``attack`` on every item; items the plain prompt already breaks are counted, not re-attacked."""
+    """Run ``attack`` on every item (batched); items the plain prompt already breaks are counted, not re-attacked."""
+    todo = [i for i in range(len(items)) if pre is None or not pre[i].success]
+    found = attack.run_many(target, [items[i] for i in todo], judge,
+                            None if references is None else references[todo]) if todo else []
+    by_index = dict(zip(todo, found))
     results = []
-    for i, item in enumerate(items):
-        if pre is not None and pre[i].success:
+    for i in range(len(items)):
+        if i in by_index:
+            results.append(by_index[i])
+        else:
             p = pre[i]
             results.append(PromptResult(p.prompt, p.seed, True, p.adv_prompt, 0, 0.0, p.image, {"pre_success": True}))
-            continue
-        ref = references[i] if references is not None else None
-        results.append(attack.run(target, item, judge, ref))
     done = sum(r.success for r in results)
     log(f"  {name}: {done}/{len(items)} successful")
     return results

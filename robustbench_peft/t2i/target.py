@@ -1,16 +1,19 @@
 """The text-to-image target: everything a diffusion attack or unlearner may see.
 
-One class serves both the embedded pixel-space ``digits`` model (no VAE) and
-Stable Diffusion (latent space, VAE). Attacks work through ``encode`` /
-``encode_embeds`` (ids or soft token embeddings in), ``image_to_x0``,
-``add_noise``, ``denoise`` and ``generate``; they never touch a pipeline object.
+One class serves both the embedded pixel-space ``digits`` model (no VAE, a
+BERT text encoder) and Stable Diffusion (latent space, VAE, CLIP). Attacks work
+through ``encode`` / ``encode_embeds`` (ids or token embeddings in),
+``image_to_x0``, ``add_noise``, ``denoise``, ``generate`` and ``generate_ids``
+(images from exact token ids, so an optimised id sequence is judged as it is,
+not as a re-tokenised decoding); they never touch a pipeline object.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -32,6 +35,7 @@ class TextToImageTarget:
     default_guidance: float = 1.5
     default_steps: int = 25
     max_length: int = 16
+    use_attention_mask: bool = False  # BERT-style encoders mask padding; CLIP in Stable Diffusion does not
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -50,11 +54,39 @@ class TextToImageTarget:
         return self.text_encoder.get_input_embeddings()
 
     @property
+    def start_id(self) -> int:
+        """The id every prompt starts with (CLIP's start-of-text, BERT's [CLS])."""
+        tok = self.tokenizer
+        return int(tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id)
+
+    @property
+    def end_id(self) -> int:
+        """The id that closes every prompt (CLIP's end-of-text, BERT's [SEP])."""
+        tok = self.tokenizer
+        return int(tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
     def special_ids(self) -> set[int]:
-        """Token ids an adversarial search must never pick (start, end, padding, unknown)."""
-        ids = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-               getattr(self.tokenizer, "unk_token_id", None)}
-        return {int(i) for i in ids if i is not None}
+        """The tokenizer's special tokens (start, end, padding, unknown, mask, ...): never adversarial tokens."""
+        tok = self.tokenizer
+        ids = set(getattr(tok, "all_special_ids", []) or [])
+        ids |= {getattr(tok, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id",
+                                                 "cls_token_id", "sep_token_id", "mask_token_id")}
+        return {int(i) for i in ids if i is not None and 0 <= int(i) < self.vocab_size}
+
+    @property
+    def reserved_ids(self) -> set[int]:
+        """Placeholder entries no text produces (BERT's ``[unusedN]``): their embeddings were never trained
+        and typing ``[unused5]`` tokenises into other pieces, so they are left out of adversarial search."""
+        if not hasattr(self, "_reserved"):
+            pattern = re.compile(r"^\[unused\d+\]$")
+            vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
+            self._reserved = {int(i) for w, i in vocab.items() if pattern.match(w) and int(i) < self.vocab_size}
+        return set(self._reserved)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Prompt strings -> padded id tensor (B, max_length) starting with the start token."""
@@ -63,24 +95,31 @@ class TextToImageTarget:
         return out["input_ids"]
 
     def decode(self, ids: torch.Tensor) -> str:
-        """One id row -> prompt text without special tokens."""
+        """One id row -> prompt text without special tokens (for display: judging uses the ids)."""
         keep = [int(i) for i in ids.tolist() if int(i) not in self.special_ids]
         return self.tokenizer.decode(keep, skip_special_tokens=True).strip()
 
+    def _mask(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"attention_mask": (ids != self.pad_id).long()} if self.use_attention_mask else {}
+
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids -> the text condition (B, L, D) the UNet attends to."""
-        return self.text_encoder(input_ids=ids).last_hidden_state
+        return self.text_encoder(input_ids=ids, **self._mask(ids)).last_hidden_state
 
     def encode_embeds(self, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """Like :meth:`encode`, but with the token embeddings replaced by ``embeds`` (B, L, D).
+        """Like :meth:`encode`, with the word embeddings replaced by ``embeds`` (B, L, D), differentiably.
 
-        ``ids`` still fixes the causal layout and the end-of-text position; the
-        replacement goes through a forward hook on the embedding table, so the
-        differentiable path is the text encoder's own code.
+        An encoder that takes ``inputs_embeds`` (BERT) gets them directly (its
+        position and type embeddings are added inside); one that does not (CLIP,
+        which needs ``ids`` for its end-of-text pooling) gets them through a
+        forward hook on its embedding table. ``ids`` fixes the attention mask
+        and the end-of-text position.
         """
+        if "inputs_embeds" in inspect.signature(self.text_encoder.forward).parameters:
+            return self.text_encoder(inputs_embeds=embeds, **self._mask(ids)).last_hidden_state
         hook = self.token_embedding.register_forward_hook(lambda _m, _i, _o: embeds)
         try:
-            return self.text_encoder(input_ids=ids).last_hidden_state
+            return self.text_encoder(input_ids=ids, **self._mask(ids)).last_hidden_state
         finally:
             hook.remove()
 
@@ -174,11 +213,23 @@ class TextToImageTarget:
         prompts = [prompts] * len(seeds) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        return self.generate_ids(self.tokenize(prompts) if prompts else torch.empty(0, self.max_length, dtype=torch.long),
+                                 seeds, guidance, steps, batch_size)
+
+    @torch.no_grad()
+    def generate_ids(self, ids: torch.Tensor, seeds: Sequence[int], guidance: float | None = None,
+                     steps: int | None = None, batch_size: int = 100) -> torch.Tensor:
+        """Images in [0,1] from exact token id rows (B, L), one per seed: what a prompt attack is judged on."""
+        seeds = list(seeds)
+        if ids.dim() == 1:
+            ids = ids[None].expand(len(seeds), -1)
+        if len(ids) != len(seeds):
+            raise ValueError(f"{len(ids)} id rows but {len(seeds)} seeds")
         out = []
         for i in range(0, len(seeds), batch_size):
-            cond = self.encode_prompts(prompts[i:i + batch_size])
+            cond = self.encode(ids[i:i + batch_size])
             out.append(self.generate_from_cond(cond, seeds[i:i + batch_size], guidance, steps))
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.empty(0, *self.sample_shape())
 
     # ----------------------------------------------------------------- copies
     def with_unet(self, unet: nn.Module, name: str | None = None, **meta: Any) -> "TextToImageTarget":
