@@ -175,11 +175,14 @@ def check_l2(work: Workdir, proc: subprocess.CompletedProcess) -> None:
     assert worst == sorted(worst, reverse=True) and worst[-1] < worst[0]
 
 
-def check_diffusion(name: str, attacks: tuple[str, ...]) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
+def check_diffusion(name: str, attacks: tuple[str, ...], unlearners: tuple[str, ...] = ("esd", "salun-dm")) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
+    """The section ran every attack spec on every unlearner, and the original model reaches 95% judged accuracy."""
+
     def check(work: Workdir, proc: subprocess.CompletedProcess) -> None:
         section = work.report("diffusion-*")["diffusion"]
         assert section["task"] == name
-        assert {r["attack"].split(":")[0] for r in section["rows"]} >= set(attacks)
+        assert {(r["unlearner"], r["attack"]) for r in section["rows"]} >= {(u, a) for u in unlearners for a in attacks}
+        assert section["original_model"]["judged_accuracy"] >= 0.95
 
     return check
 
@@ -309,7 +312,11 @@ CASES: dict[str, Case] = {
         check_suite("prompts", 3), tier="budget"),
     "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
     "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
-    "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", ("no_attack", "random_tokens", "unlearndiff"))),
+    "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", (
+        "no_attack", "unlearndiff", "random_tokens", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"))),
+    'python -m robustbench_peft eval --suite diffusion --set diffusion.preset=digits-quick --set \'diffusion.unlearners=["salun-dm:alpha=0.001","salun-dm:alpha=0.01","salun-dm:alpha=0.1","salun-dm:alpha=1.0"]\'': Case(
+        check_diffusion("digits-t2i", ("no_attack", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"),
+                        tuple(f"salun-dm:alpha={a}" for a in ("0.001", "0.01", "0.1", "1.0"))), tier="budget"),
     'python -m robustbench_peft eval --suite diffusion --set diffusion.task=sd-object --set \'diffusion.task_options={"model": "CompVis/stable-diffusion-v1-4", "forget": "church"}\' --set \'diffusion.unlearners=["esd"]\' --set \'diffusion.attacks=["unlearndiff"]\'': Case(
         not_here="not run offline: downloads Stable Diffusion v1-4 and the ResNet-50 judge"),
     "python -m robustbench_peft eval --task cifar10 --data-dir ~/data/cifar10 --model robustbench:cifar10/Linf/Carmon2019Unlabeled --attack autoattack:version=standard --n 1000 --batch-size 250": Case(
