@@ -61,7 +61,9 @@ def test_section_reports_pre_asr_asr_kept_accuracy_and_grid(monkeypatch, tmp_pat
 
 
 class OriginalSeedsJudge:
-    """Concept present exactly in the original model's images of the given seeds (so the filter's choice is known)."""
+    """Concept present exactly in the original model's images of the given seeds (so the filter's choice is known).
+
+    Images match up to float noise: a batch of another size or another thread count changes the last bits."""
 
     name = "original-seeds"
 
@@ -69,7 +71,7 @@ class OriginalSeedsJudge:
         self.images = target.generate(prompt, list(seeds))
 
     def present(self, images, concept):
-        return torch.tensor([any(torch.equal(im, ref) for ref in self.images) for im in images])
+        return torch.tensor([any(torch.allclose(im, ref, atol=1e-4) for ref in self.images) for im in images])
 
 
 def test_prompts_the_original_does_not_render_are_dropped(monkeypatch, tmp_path):
