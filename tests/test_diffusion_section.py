@@ -95,6 +95,33 @@ def test_prompts_the_original_does_not_render_are_dropped(monkeypatch, tmp_path)
     assert data["original_model"]["judged_accuracy"] == 2 / 3
 
 
+class NothingJudge:
+    """Finds the concept in no image: a broken model or judge."""
+
+    name = "nothing"
+
+    def present(self, images, concept):
+        return torch.zeros(len(images), dtype=torch.bool)
+
+
+def test_an_original_that_renders_no_attacked_prompt_is_an_error(monkeypatch, tmp_path):
+    """With nothing rendered there is nothing to unlearn: the section stops with a clear error, not ASR 0."""
+    import pytest
+
+    from robustbench_peft.errors import UserError
+
+    monkeypatch.setenv("ROBUSTBENCH_PEFT_CACHE", str(tmp_path))
+    target = tiny_digits_target()
+    task = T2IConceptTask(name="tiny-none", description="none", load_model=lambda: target, make_judge=NothingJudge,
+                          attacked=[PromptItem("a handwritten digit three", s, 3) for s in (1, 2)], kept=[],
+                          forget_request=tiny_task().forget_request)
+    monkeypatch.setitem(T2I_TASKS._entries, "tiny-none", T2I_TASKS._entries["digits-t2i"].__class__("task", "tiny-none", lambda: task, "tiny"))
+    suite = Suite(name="t", task="digits", models=(), attacks=(), sections=("diffusion",), extra={"diffusion": {
+        "task": "tiny-none", "task_options": {}, "unlearners": [], "attacks": ["random_tokens:k=1,trials=1"], "grid": 0}})
+    with pytest.raises(UserError, match="renders none of the 2 attacked prompts"):
+        DiffusionSection().run(suite, QuietRunner())
+
+
 def test_rendered_filter_needs_one_result_per_item():
     import pytest
 
