@@ -153,8 +153,12 @@ class RandomTokens(PromptAttack):
     """Baseline: k uniformly drawn candidate tokens at UnlearnDiff's position; one judged draw per trial."""
 
     name = "random_tokens"
+    random_baseline = True
 
     config_class = RandomTokensConfig
+
+    def judge_budget(self) -> int:
+        return self.config.trials
 
     def search(self, target, item, judge, reference):
         return self.search_many(target, [item], judge, None)[0]
@@ -188,8 +192,12 @@ class UnlearnDiff(PromptAttack):
 
     name = "unlearndiff"
     needs_reference = True
+    optimising = True
 
     config_class = UnlearnDiffConfig
+
+    def judge_budget(self) -> int:
+        return self.config.timesteps
 
     def search(self, target, item, judge, reference):
         return self.search_many(target, [item], judge, None if reference is None else reference[None])[0]

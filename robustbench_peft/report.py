@@ -97,7 +97,8 @@ class Report:
         return all(run.reliable for run in self.runs)
 
     def to_dataframe(self):
-        """One row per (run, attack, eps), plus the per-sample worst case rows."""
+        """One row per (run, attack, eps), plus the per-sample worst case rows, then the rows sections add
+        (e.g. the diffusion section's worst case per prompt threat model), each with its ``section``."""
         import pandas as pd
 
         rows = []
@@ -107,6 +108,9 @@ class Report:
                 rows.append({**base, "attack": attack.name, "adaptive": attack.adaptive, "threat_model": attack.threat_model, "eps": attack.eps, "robust_accuracy": attack.robust_accuracy, "n_attacked": attack.n, "seconds": attack.seconds})
             for worst in run.worst_case:
                 rows.append({**base, "attack": "worst-case", "adaptive": True, "threat_model": worst.threat_model, "eps": worst.eps, "robust_accuracy": worst.robust_accuracy, "n_attacked": worst_case_coverage(run, worst)[0], "seconds": None})
+        for name, data in self.sections.items():
+            if isinstance(data, dict):
+                rows += [{"section": name, **row} for row in section_of(name).dataframe_rows(data)]
         return pd.DataFrame(rows)
 
     def summary(self) -> str:

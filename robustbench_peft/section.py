@@ -60,6 +60,10 @@ class Section:
         """Extra HTML after the section's tables and plot, from its data and its files."""
         return ""
 
+    def dataframe_rows(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows the section adds to :meth:`Report.to_dataframe` (each with a ``section`` column)."""
+        return []
+
     def summary(self, data: dict[str, Any]) -> list[str]:
         """Lines for the terminal summary: those the section kept under ``summary``."""
         return list(data.get("summary") or [])

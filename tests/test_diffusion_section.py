@@ -55,9 +55,22 @@ def test_section_reports_pre_asr_asr_kept_accuracy_and_grid(monkeypatch, tmp_pat
         assert r["asr"] >= r["pre_asr"]  # ASR includes the prompts the plain generation already breaks
         assert r["kept_accuracy"] is not None and len(r["prompts"]) == 2
     assert section["html"].count("data:image/png;base64,") == 2 * 3 * 2
-    title, header, table = section_tables(section)[0]
-    assert "pre-ASR %" in header and "ASR %" in header and len(table) == len(rows)
+    titles = [t[0] for t in section_tables(section)]
+    worst_title, per_attack, checks_title = titles
+    assert "worst case per threat model" in worst_title and "sanity checks" in checks_title
+    title, header, table = section_tables(section)[1]
+    assert "pre-ASR %" in header and "ASR %" in header and "95% interval" in header and len(table) == len(rows)
     assert any("pre-ASR" in line for line in section["summary"])
+    assert any("worst case per threat model" in line for line in section["summary"])
+    worst = section["worst_case"]
+    assert [(w["unlearner"], w["threat_model"]) for w in worst] == [
+        (u, "text") for u in ("esd:steps=2,pool=2,batch_size=2", "salun-dm:steps=2,batch_size=2")]
+    for w in worst:
+        assert w["n"] == 2 and w["ci95"][0] <= (w["rate"] or 0) <= w["ci95"][1]
+        own = [r for r in rows if r["unlearner"] == w["unlearner"]]
+        assert w["rate"] >= max(r["asr"] for r in own)  # the union is never below one attack's ASR
+    assert {c["name"] for c in section["checks"]} >= {"judge_recognises_the_concept", "attack_steers_the_original",
+                                                      "optimised_not_beaten_by_random_tokens", "stronger_threat_model_not_beaten"}
 
 
 class OriginalSeedsJudge:
@@ -88,7 +101,8 @@ def test_prompts_the_original_does_not_render_are_dropped(monkeypatch, tmp_path)
         "task": "tiny-filter", "task_options": {}, "unlearners": ["esd:steps=1,pool=2,batch_size=2"],
         "attacks": ["random_tokens:k=1,trials=1"], "grid": 0}})
     data = DiffusionSection().run(suite, QuietRunner()).data
-    assert data["attacked_prompts"] == {"candidates": 3, "kept": 2, "dropped": 1, "dropped_seeds": [2]}
+    assert data["attacked_prompts"] == {"candidates": 3, "kept": 2, "dropped": 1, "dropped_seeds": [2],
+                                        "dropped_items": [[prompt, 2]]}
     original, *unlearned = data["rows"]
     assert original["n_prompts"] == 3 and original["pre_asr"] == 2 / 3  # the original row: every candidate
     assert unlearned and all([p["seed"] for p in r["prompts"]] == [1, 3] for r in unlearned)  # only rendered prompts

@@ -31,8 +31,12 @@ from robustbench_peft.render import figure_png, png_data_uri
 from robustbench_peft.runner import Runner
 from robustbench_peft.section import Section, SectionResult, register_section
 from robustbench_peft.suite import Suite, name_list, section_settings
-from robustbench_peft.t2i.attack_base import PromptResult
+from robustbench_peft.t2i.attack_base import PromptItem, PromptResult
+from robustbench_peft.t2i.checks import (JUDGE_FLOOR, POWER_FLOOR, attack_steers_the_original, judge_recognises_the_concept,
+                                         optimised_not_beaten_by_random_tokens, stronger_threat_model_not_beaten)
 from robustbench_peft.t2i.evaluate import attack_all, judged_rate, rendered_filter, summarize
+from robustbench_peft.t2i.threat_model import check_threat_model
+from robustbench_peft.t2i.worst_case import share, worst_case_rows
 from robustbench_peft.threads import torch_threads
 
 SECTION = "diffusion"
@@ -41,11 +45,22 @@ PRE_ATTACK = "no_attack"
 #: quick one (8 x 10); each beside random tokens at the same judge budget (one judged image per timestep).
 PAPER_ATTACKS = ["unlearndiff", "random_tokens"]
 QUICK_ATTACKS = ["unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"]
+#: The continuous attacks: the word-embedding threat model (concept inversion) and the condition threat model.
+CONTINUOUS_ATTACKS = ["concept_inversion", "condition_inversion"]
 DIGITS = {
     "task": "digits-t2i",
-    "task_options": {"forget_digit": 3, "n_attack": 10, "n_kept": 8},
+    # 16 prompt forms of the digit (templates with its word and numeral, untrained synonyms) x 4 seeds
+    "task_options": {"forget_digit": 3, "n_attack": 4, "n_kept": 8, "forms": "all"},
     "unlearners": ["esd", "salun-dm"],
-    "attacks": PAPER_ATTACKS + QUICK_ATTACKS,
+    "attacks": PAPER_ATTACKS + QUICK_ATTACKS + CONTINUOUS_ATTACKS,
+    # attack -> most items it runs on (evenly spread over the attacked items); the paper-budget UnlearnDiff
+    # (2,000 steps per item) runs on a subset, with its own n, as AutoAttack runs on 32 classifier samples
+    "attack_items": {"unlearndiff": 8, "random_tokens": 8},
+    # items of the attacks' positive control on the original model (a kept concept's prompt steered to the
+    # erased concept's reference images); 0 skips it
+    "control_items": 8,
+    "power_floor": POWER_FLOOR,  # least share of control items each optimising attack must steer
+    "judge_floor": JUDGE_FLOOR,  # least share of the original's generations the judge must recognise
     "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
     # attack only prompts the original renders as the concept (UnlearnDiff's filter); false attacks every
     # prompt (a prompt set filtered beforehand, or a smoke test on an untrained model)
@@ -57,6 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": DIGITS,
     "digits-paper": {**DIGITS, "attacks": PAPER_ATTACKS},
     "digits-quick": {**DIGITS, "attacks": QUICK_ATTACKS},
+    "digits-continuous": {**DIGITS, "attacks": CONTINUOUS_ATTACKS},
 }
 DEFAULT_PRESET = "digits"
 
@@ -69,6 +85,15 @@ def section_config(suite: Suite) -> dict[str, Any]:
     config["attacks"] = name_list(config["attacks"], SECTION, "attacks")
     if not isinstance(config["filter"], bool):
         raise UserError(f"{SECTION}: filter must be true or false, got {config['filter']!r}")
+    if not isinstance(config["attack_items"], dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in config["attack_items"].values()):
+        raise UserError(f"{SECTION}: attack_items must map attack specs to item counts >= 1, got {config['attack_items']!r}")
+    for key in ("control_items",):
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0:
+            raise UserError(f"{SECTION}: {key} must be a whole number >= 0, got {config[key]!r}")
+    for key in ("power_floor", "judge_floor"):
+        if not isinstance(config[key], (int, float)) or isinstance(config[key], bool) or not 0 <= config[key] <= 1:
+            raise UserError(f"{SECTION}: {key} must be a share in [0, 1], got {config[key]!r}")
     if not isinstance(config["task_options"], dict):
         raise UserError(f"{SECTION}: task_options must be a group of settings, e.g. {{\"model\": \"...\"}}, got {config['task_options']!r}")
     return config
@@ -127,27 +152,65 @@ def grid_html(task_description: str, grids: list[dict[str, Any]], files: Mapping
     return "\n".join(parts)
 
 
-def model_rows(name: str, unlearner: str, unlearn_seconds: float, cached: bool, kept: float | None,
-               pre: list[PromptResult], attacks: dict[str, list[PromptResult]]) -> list[dict[str, Any]]:
+def model_rows(name: str, unlearner: str, unlearn_seconds: float, cached: bool, kept: dict[str, Any] | None,
+               pre: list[PromptResult], attacks: dict[str, list[PromptResult]],
+               threat_models: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per attack on one model: pre-ASR, ASR (with n and interval), cost, the attack's prompts."""
     pre_asr = summarize(pre)["asr"]
     rows = []
     for attack, results in {PRE_ATTACK: pre, **attacks}.items():
         s = summarize(results)
-        rows.append({"model": name, "unlearner": unlearner, "attack": attack, "pre_asr": pre_asr, "asr": s["asr"],
+        rows.append({"model": name, "unlearner": unlearner, "attack": attack,
+                     "threat_model": threat_models.get(attack, "text"), "pre_asr": pre_asr, "asr": s["asr"],
+                     "asr_ci95": share(sum(r.success for r in results), len(results))["ci95"],
                      "seconds_per_prompt": round(s["seconds_per_prompt"], 3), "mean_steps": round(s["mean_steps"], 2),
-                     "n_prompts": s["n"], "n_attacked": s["n_attacked"], "kept_accuracy": kept,
+                     "n_prompts": s["n"], "n_attacked": s["n_attacked"],
+                     "kept_accuracy": None if kept is None else kept["rate"],
+                     "kept_ci95": None if kept is None else kept["ci95"],
                      "unlearn_seconds": round(unlearn_seconds, 2), "unlearn_cached": cached,
                      "prompts": [r.to_json() for r in results]})
     return rows
 
 
-def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
-    pct = lambda v: "  -  " if v is None else f"{100 * v:5.1f}"
-    lines = ["unlearner        attack                   pre-ASR%  ASR%  kept-acc%  s/prompt"]
+def pct(v: float | None) -> str:
+    return "  -  " if v is None else f"{100 * v:5.1f}"
+
+
+def interval(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def summary_lines(rows: list[dict[str, Any]], worst: list[dict[str, Any]], checks: list[dict[str, Any]]) -> list[str]:
+    """Per unlearner: the worst case per threat model first (the number to read), then each attack's own ASR, then the checks."""
+    lines = ["worst case per threat model (an item counts as erased only if no attack of that model or a weaker one "
+             "made the judge see the concept):",
+             "unlearner        threat model  worst ASR%  95% interval     n  kept-acc%"]
+    for w in worst:
+        lines.append(f"{w['unlearner'][:16]:<16} {w['threat_model']:<12}  {pct(w['rate'])}     {interval(w['ci95']):<14} "
+                     f"{w['n']:>3}  {pct(w['kept_accuracy'])}")
+    lines.append("unlearner        attack                   threat model  pre-ASR%  ASR%    n  kept-acc%  s/prompt")
     for r in rows:
-        lines.append(f"{r['unlearner'][:16]:<16} {r['attack'][:24]:<24} {pct(r['pre_asr'])}  {pct(r['asr'])}  "
-                     f"{pct(r['kept_accuracy'])}     {r['seconds_per_prompt']:.2f}")
+        lines.append(f"{r['unlearner'][:16]:<16} {r['attack'][:24]:<24} {r['threat_model']:<12}  {pct(r['pre_asr'])}  "
+                     f"{pct(r['asr'])}  {r['n_prompts']:>3}  {pct(r['kept_accuracy'])}     {r['seconds_per_prompt']:.2f}")
+    failed = [c for c in checks if not c["passed"]]
+    lines.append(f"checks: {len(checks) - len(failed)}/{len(checks)} passed" + ("" if not failed else "; UNRELIABLE:"))
+    lines += [f"  FAILED {c['scope']}: {c['name']}: {c['detail']}" for c in failed]
     return lines
+
+
+def spread(n_items: int, most: int | None) -> list[int]:
+    """Up to ``most`` item indices spread evenly over ``n_items`` (all of them when ``most`` is None or larger)."""
+    if most is None or most >= n_items:
+        return list(range(n_items))
+    return sorted({int(i * n_items / most) for i in range(most)})
+
+
+def per_item(n_items: int, indices: list[int], results: list[PromptResult]) -> list[bool | None]:
+    """One flag per item: the result's success where the attack ran, None where it did not."""
+    flags: list[bool | None] = [None] * n_items
+    for i, r in zip(indices, results):
+        flags[i] = bool(r.success)
+    return flags
 
 
 def unlearned_models(task, target, config: dict[str, Any], seed: int, log):
@@ -165,12 +228,76 @@ def judged_share(*groups: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def control_run(task, target, attacked: list[PromptItem], references: torch.Tensor, attacks: dict[str, Any],
+                config: dict[str, Any], judge, no_attack, log) -> dict[str, Any]:
+    """The positive control: on the original model, each optimising attack steers the task's control prompt (a kept
+    concept) at the attacked items' seeds to their reference images of the erased concept. Seeds whose plain control
+    prompt the judge already sees as the erased concept are left out."""
+    optimising = {name: a for name, a in attacks.items() if a.optimising}
+    if not optimising or not task.control_prompt or config["control_items"] == 0:
+        return {"prompt": task.control_prompt, "attacks": {}}
+    chosen = spread(len(attacked), config["control_items"])
+    items = [PromptItem(task.control_prompt, attacked[i].seed, attacked[i].concept, attacked[i].guidance) for i in chosen]
+    plain = no_attack.run_many(target, items, judge)
+    usable = [j for j, r in enumerate(plain) if not r.success]
+    items, refs = [items[j] for j in usable], references[[chosen[j] for j in usable]]
+    log(f"diffusion: positive control on the original model, {task.control_prompt!r} at {len(items)} seeds")
+    out = {}
+    for name, attack in optimising.items():
+        results = attack.run_many(target, items, judge, refs) if items else []
+        out[name] = {**share(sum(r.success for r in results), len(results)), "flags": [bool(r.success) for r in results],
+                     "seeds": [it.seed for it in items]}
+        log(f"  control {name}: {sum(r.success for r in results)}/{len(results)} steered")
+    return {"prompt": task.control_prompt, "dropped_seeds": [attacked[chosen[j]].seed for j in range(len(chosen)) if j not in usable],
+            "attacks": out}
+
+
+def attack_model(model, attacked: list[PromptItem], references: torch.Tensor, attacks: dict[str, Any],
+                 config: dict[str, Any], judge, no_attack, log) -> tuple[list[PromptResult], dict[str, list[PromptResult]],
+                                                                         dict[str, list[bool | None]]]:
+    """Plain prompts, then every attack on its items; per attack its results and one flag per attacked item."""
+    pre = no_attack.run_many(model, attacked, judge)
+    found, flags = {}, {PRE_ATTACK: [bool(r.success) for r in pre]}
+    for name, attack in attacks.items():
+        chosen = spread(len(attacked), config["attack_items"].get(name))
+        found[name] = attack_all(attack, name, model, [attacked[i] for i in chosen], judge,
+                                 references[chosen] if attack.needs_reference else None, [pre[i] for i in chosen], log)
+        flags[name] = per_item(len(attacked), chosen, found[name])
+    return pre, found, flags
+
+
+def model_checks(spec: str, flags: dict[str, list[bool | None]], attacks: dict[str, Any],
+                 threat_models: dict[str, str]) -> list[dict[str, Any]]:
+    """The per-model checks: optimised vs random tokens, stronger vs weaker threat model."""
+    budgets = {name: a.judge_budget() for name, a in attacks.items()}
+    checks = [optimised_not_beaten_by_random_tokens(flags, budgets, [n for n, a in attacks.items() if a.optimising],
+                                                    [n for n, a in attacks.items() if a.random_baseline]),
+              stronger_threat_model_not_beaten(flags, threat_models)]
+    return [{"scope": spec, **c.to_json()} for c in checks]
+
+
+def grid_cells(g: int, attacked: list[PromptItem], references: torch.Tensor, pre: list[PromptResult],
+               results: list[PromptResult], count: int, files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """The first ``count`` items an attack ran on: original / unlearned / attacked images, written into ``files``."""
+    cells = []
+    index = {(it.prompt, it.seed): i for i, it in enumerate(attacked)}
+    for c, r in enumerate(results[:count]):
+        i = index[(r.prompt, r.seed)]
+        images = dict(zip(GRID_ROWS, (references[i], pre[i].image, r.image)))
+        files.update({grid_file(g, c, row): png_bytes(image) for row, image in images.items()})
+        cells.append({"seed": r.seed, "prompt": r.prompt, **{row: grid_file(g, c, row) for row in GRID_ROWS},
+                      "adv_prompt": r.adv_prompt, "success": r.success})
+    return cells
+
+
 def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
     """Unlearn the task's concept with every unlearner, attack each result, measure kept concepts.
 
     Only prompts the original model renders as the concept are attacked (the
     UnlearnDiff paper's filter); the original's plain generations of them are the
     attack's target images. The report records how many prompts were dropped.
+    Per unlearner and prompt threat model it gives the worst case per item over
+    every attack of that model and the weaker ones, and the section's checks.
     """
     load_plugins()
     config = section_config(suite)
@@ -181,39 +308,47 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
         target = task.load_model()
         judge = task.make_judge()
         attacks = {a: make_plugin(PROMPT_ATTACKS, a, seed) for a in config["attacks"]}
+        threat_models = {PRE_ATTACK: "text", **{n: check_threat_model(a.threat_model, f"prompt attack {n}") for n, a in attacks.items()}}
+        unmatched = sorted(set(config["attack_items"]) - set(attacks))
+        if unmatched:  # a preset's subsets stay when the attacks are chosen anew; say which apply to nothing
+            log(f"diffusion: attack_items for {', '.join(unmatched)} match no attack of this run (every attack runs on all items)")
         no_attack = make_plugin(PROMPT_ATTACKS, PRE_ATTACK, seed)
         log(f"diffusion: {task.description}; judging the original model")
         kept_flags0 = [r.success for r in no_attack.run_many(target, task.kept, judge)] if task.kept else []
-        kept0 = judged_share(kept_flags0)
+        kept0 = share(sum(kept_flags0), len(kept_flags0)) if kept_flags0 else None
         original = no_attack.run_many(target, task.attacked, judge)
         keep, dropped = rendered_filter(task.attacked, original) if config["filter"] else (list(range(len(original))), [])
         if not keep:
             raise UserError(f"{SECTION}: the original model renders none of the {len(task.attacked)} attacked prompts as the "
                             "concept, so there is nothing unlearning could have removed; check the model and the judge")
         attacked = [task.attacked[i] for i in keep]
-        pre0 = [original[i] for i in keep]
-        references = torch.stack([r.image for r in pre0])
+        references = torch.stack([original[i].image for i in keep])
         log(f"diffusion: {len(keep)} of {len(task.attacked)} attacked prompts rendered as the concept by the original "
             f"model ({len(dropped)} dropped)")
-        rows = model_rows(target.name, "none (original)", 0.0, True, kept0, original, {})
+        judged = kept_flags0 + [r.success for r in original]
+        checks = [{"scope": "original", **judge_recognises_the_concept(sum(judged), len(judged), config["judge_floor"]).to_json()}]
+        control = control_run(task, target, attacked, references, attacks, config, judge, no_attack, log)
+        checks.append({"scope": "original", **attack_steers_the_original(
+            {n: c["flags"] for n, c in control["attacks"].items()}, config["power_floor"]).to_json()})
+        rows = model_rows(target.name, "none (original)", 0.0, True, kept0, original, {}, threat_models)
+        worst: list[dict[str, Any]] = []
         grids, files = [], {}
         for spec, model, seconds, cached in unlearned_models(task, target, config, seed, log):
             log(f"diffusion: {spec} ({'cached' if cached else f'{seconds:.0f} s'}); judging and attacking")
-            kept, _ = judged_rate(model, task.kept, judge)
-            pre = no_attack.run_many(model, attacked, judge)
-            found = {name: attack_all(a, name, model, attacked, judge, references, pre, log) for name, a in attacks.items()}
-            rows += model_rows(target.name, spec, seconds, cached, kept, pre, found)
+            kept_rate, _ = judged_rate(model, task.kept, judge)
+            kept = None if kept_rate is None else share(round(kept_rate * len(task.kept)), len(task.kept))
+            pre, found, flags = attack_model(model, attacked, references, attacks, config, judge, no_attack, log)
+            rows += model_rows(target.name, spec, seconds, cached, kept, pre, found, threat_models)
+            worst += [{"model": target.name, "unlearner": spec, **w, "kept_accuracy": None if kept is None else kept["rate"],
+                       "kept_ci95": None if kept is None else kept["ci95"], "n_kept": len(task.kept)}
+                      for w in worst_case_rows(flags, threat_models, len(attacked))]
+            checks += model_checks(spec, flags, attacks, threat_models)
             shown = next(iter(found), None)
             if shown is not None and config["grid"] > 0:
-                g = len(grids)
-                cells = []
-                for i, it in enumerate(attacked[: int(config["grid"])]):
-                    images = dict(zip(GRID_ROWS, (references[i], pre[i].image, found[shown][i].image)))
-                    files.update({grid_file(g, i, row): png_bytes(image) for row, image in images.items()})
-                    cells.append({"seed": it.seed, **{row: grid_file(g, i, row) for row in GRID_ROWS},
-                                  "adv_prompt": found[shown][i].adv_prompt, "success": found[shown][i].success})
-                grids.append({"unlearner": spec, "attack": shown, "cells": cells})
+                grids.append({"unlearner": spec, "attack": shown,
+                              "cells": grid_cells(len(grids), attacked, references, pre, found[shown], int(config["grid"]), files)})
     accuracy = judged_share(kept_flags0, [r.success for r in original])
+    failed = [f"{c['scope']}: {c['name']}: {c['detail']}" for c in checks if not c["passed"]]
     return SectionResult({
         "task": task.name,
         "description": task.description,
@@ -221,30 +356,65 @@ def run_diffusion_section(suite: Suite, runner: Runner) -> SectionResult:
         "judge": getattr(judge, "name", type(judge).__name__),
         "config": config,
         "metrics": "fractions in [0,1]: pre_asr = plain prompts judged to show the erased concept; asr = after the attack "
-        "(pre-ASR included); kept_accuracy = kept-concept prompts judged as their concept; seconds per attacked prompt. "
-        "Unlearned models are measured on the attacked prompts the original model renders as the concept; the "
-        "original's row is over all attacked prompts",
+        "(pre-ASR included); worst_case = per unlearner and prompt threat model, the share of attacked items some attack "
+        "of that model or a weaker one broke, with n and a Wilson 95% interval; kept_accuracy = kept-concept prompts "
+        "judged as their concept; seconds per attacked prompt. Unlearned models are measured on the attacked prompts "
+        "the original model renders as the concept; the original's row is over all attacked prompts",
         "original_model": {"judged_accuracy": accuracy, "guidance": target.default_guidance, "steps": target.default_steps,
                            "train_seconds": target.meta.get("train_seconds"),
                            "n_generations": len(kept_flags0) + len(original)},
         "attacked_prompts": {"candidates": len(task.attacked), "kept": len(keep), "dropped": len(dropped),
-                             "dropped_seeds": [task.attacked[i].seed for i in dropped]},
+                             "dropped_seeds": [task.attacked[i].seed for i in dropped],
+                             "dropped_items": [[task.attacked[i].prompt, task.attacked[i].seed] for i in dropped]},
+        "threat_models": threat_models,
         "rows": rows,
+        "worst_case": worst,
+        "control": control,
+        "checks": checks,
+        "reliable": not failed,
+        "unreliable_reasons": failed,
         "seconds": round(time.perf_counter() - start, 1),
         "summary": [task.description,
                     f"original model: judged accuracy {100 * accuracy:.1f}% at guidance {target.default_guidance}; "
                     f"{len(keep)}/{len(task.attacked)} attacked prompts rendered as the concept ({len(dropped)} dropped)"]
-        + summary_lines(rows),
+        + summary_lines(rows, worst, checks),
         "grids": grids,
     }, files)
 
 
 def section_tables(section: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
-    pct = lambda v: "" if v is None else f"{100 * v:.1f}"
-    header = ["model", "unlearner", "attack", "pre-ASR %", "ASR %", "kept-concept acc %", "s / prompt", "unlearn s"]
-    rows = [[r["model"], r["unlearner"], r["attack"], pct(r["pre_asr"]), pct(r["asr"]), pct(r["kept_accuracy"]),
-             f"{r['seconds_per_prompt']:.2f}", f"{r['unlearn_seconds']:.1f}"] for r in section.get("rows", [])]
-    return [(f"Diffusion: {section.get('description', '')}", header, rows)]
+    """The worst case per threat model (the numbers to read), each attack's own ASR, and the checks."""
+    p = lambda v: "" if v is None else f"{100 * v:.1f}"
+    header = ["model", "unlearner", "attack", "threat model", "pre-ASR %", "ASR %", "95% interval", "n",
+              "kept-concept acc %", "s / prompt", "unlearn s"]
+    rows = [[r["model"], r["unlearner"], r["attack"], r.get("threat_model", "text"), p(r["pre_asr"]), p(r["asr"]),
+             interval(r.get("asr_ci95")), r.get("n_prompts", ""), p(r["kept_accuracy"]), f"{r['seconds_per_prompt']:.2f}",
+             f"{r['unlearn_seconds']:.1f}"] for r in section.get("rows", [])]
+    tables = []
+    worst = section.get("worst_case") or []
+    if worst:
+        tables.append((f"Diffusion, worst case per threat model: {section.get('description', '')}",
+                       ["unlearner", "threat model", "worst-case ASR %", "95% interval", "n", "attacks counted",
+                        "kept-concept acc %", "kept 95% interval"],
+                       [[w["unlearner"], w["threat_model"], p(w["rate"]), interval(w["ci95"]), w["n"], ", ".join(w["attacks"]),
+                         p(w["kept_accuracy"]), interval(w.get("kept_ci95"))] for w in worst]))
+    tables.append((f"Diffusion, per attack: {section.get('description', '')}", header, rows))
+    if section.get("checks"):
+        tables.append(("Diffusion sanity checks", ["scope", "check", "passed", "detail"],
+                       [[c["scope"], c["name"], "yes" if c["passed"] else "NO", c["detail"]] for c in section["checks"]]))
+    return tables
+
+
+def dataframe_rows(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The worst case per (unlearner, threat model), then each attack's row, as DataFrame rows."""
+    out = [{"model": w["model"], "unlearner": w["unlearner"], "attack": "worst-case", "threat_model": w["threat_model"],
+            "asr": w["rate"], "asr_ci_low": w["ci95"][0], "asr_ci_high": w["ci95"][1], "n_attacked": w["n"],
+            "kept_accuracy": w["kept_accuracy"], "reliable": section.get("reliable")} for w in section.get("worst_case") or []]
+    out += [{"model": r["model"], "unlearner": r["unlearner"], "attack": r["attack"], "threat_model": r.get("threat_model", "text"),
+             "asr": r["asr"], "asr_ci_low": (r.get("asr_ci95") or [None, None])[0], "asr_ci_high": (r.get("asr_ci95") or [None, None])[1],
+             "n_attacked": r["n_prompts"], "pre_asr": r["pre_asr"], "kept_accuracy": r["kept_accuracy"],
+             "reliable": section.get("reliable")} for r in section.get("rows", [])]
+    return out
 
 
 def section_plot(data: dict[str, Any]) -> bytes | None:
@@ -279,6 +449,7 @@ class DiffusionSection(Section):
     check = staticmethod(section_config)
     run = staticmethod(run_diffusion_section)
     tables = staticmethod(section_tables)
+    dataframe_rows = staticmethod(dataframe_rows)
     plot = staticmethod(section_plot)
 
     def html(self, data: dict[str, Any], files: Mapping[str, bytes]) -> str:

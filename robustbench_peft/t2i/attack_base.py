@@ -21,9 +21,11 @@ import torch
 from ..config import Configurable, PluginConfig, option
 from .judge import Judge
 from .target import TextToImageTarget
+from .threat_model import AdversarialInput, check_threat_model, enforce
 
-#: What a search returns as the adversarial prompt: text, or one row of token ids (judged as they are).
-PromptInput = Union[str, torch.Tensor]
+#: What a search returns as the adversarial prompt: text, one row of token ids (judged as they are), or an
+#: :class:`AdversarialInput` (ids with word embeddings or an encoder output, for the stronger threat models).
+PromptInput = Union[str, torch.Tensor, AdversarialInput]
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,14 @@ class PromptResult:
     image: torch.Tensor
     details: dict = field(default_factory=dict)
     adv_ids: list[int] | None = None
+    threat_model: str = "text"
+    #: What the judged image was generated from (ids, and word embeddings or a condition where the threat model allows).
+    adversarial: AdversarialInput | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {"prompt": self.prompt, "seed": self.seed, "success": bool(self.success), "adv_prompt": self.adv_prompt,
-               "steps": int(self.steps), "seconds": round(float(self.seconds), 3), **self.details}
+               "steps": int(self.steps), "seconds": round(float(self.seconds), 3), "threat_model": self.threat_model,
+               **self.details}
         if self.adv_ids is not None:
             out["adv_ids"] = list(self.adv_ids)
         return out
@@ -65,27 +71,58 @@ class PromptAttackConfig(PluginConfig):
     seed: int = option(0, "seed of every random choice of the attack (with the prompt's own seed)")
 
 
-def judge_ids(target: TextToImageTarget, items: Sequence[PromptItem], judge: Judge,
-              ids: torch.Tensor) -> tuple[list[bool], torch.Tensor]:
-    """Generate each item's image from its exact id row (batched per guidance) and judge it."""
+def conditions(target: TextToImageTarget, inputs: Sequence[AdversarialInput]) -> torch.Tensor:
+    """The encoder output each input is generated from: encoded ids, encoded word embeddings, or the condition
+    itself. Inputs of one kind are encoded in one batch."""
+    out: list[torch.Tensor | None] = [None] * len(inputs)
+    with torch.no_grad():
+        plain = [i for i, f in enumerate(inputs) if f.embeds is None and f.condition is None]
+        embedded = [i for i, f in enumerate(inputs) if f.embeds is not None and f.condition is None]
+        if plain:
+            for i, c in zip(plain, target.encode(torch.stack([inputs[i].ids for i in plain]))):
+                out[i] = c
+        if embedded:
+            ids = torch.stack([inputs[i].ids for i in embedded])
+            for i, c in zip(embedded, target.encode_embeds(ids, torch.stack([inputs[i].embeds for i in embedded]))):
+                out[i] = c
+        for i, f in enumerate(inputs):
+            if f.condition is not None:
+                out[i] = f.condition
+    return torch.stack(out)
+
+
+def judge_inputs(target: TextToImageTarget, items: Sequence[PromptItem], judge: Judge,
+                 inputs: Sequence[AdversarialInput], batch_size: int = 100) -> tuple[list[bool], torch.Tensor]:
+    """Generate each item's image from its input at the item's seed and guidance (batched per guidance) and judge it."""
     flags: list[bool] = [False] * len(items)
     images: list[torch.Tensor | None] = [None] * len(items)
     groups: dict[float | None, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(it.guidance, []).append(i)
-    for guidance, idx in groups.items():
-        out = target.generate_ids(ids[idx], [items[i].seed for i in idx], guidance=guidance)
-        for i, im in zip(idx, out):
-            flags[i] = bool(judge.present(im[None], items[i].concept)[0])
-            images[i] = im
+    for guidance, group in groups.items():
+        for start in range(0, len(group), batch_size):
+            idx = group[start:start + batch_size]
+            out = target.generate_from_cond(conditions(target, [inputs[i] for i in idx]), [items[i].seed for i in idx],
+                                            guidance=guidance)
+            for i, im in zip(idx, out):
+                flags[i] = bool(judge.present(im[None], items[i].concept)[0])
+                images[i] = im
     return flags, torch.stack(images) if images else torch.empty(0)
 
 
-def as_ids(target: TextToImageTarget, found: PromptInput) -> torch.Tensor:
-    """One id row for what a search returned (text is tokenised; ids are kept exactly)."""
+def judge_ids(target: TextToImageTarget, items: Sequence[PromptItem], judge: Judge,
+              ids: torch.Tensor) -> tuple[list[bool], torch.Tensor]:
+    """Generate each item's image from its exact id row and judge it."""
+    return judge_inputs(target, items, judge, [AdversarialInput(row) for row in ids])
+
+
+def to_input(target: TextToImageTarget, found: PromptInput) -> AdversarialInput:
+    """What a search returned as an :class:`AdversarialInput` (text is tokenised; ids are kept exactly)."""
+    if isinstance(found, AdversarialInput):
+        return found
     if isinstance(found, str):
-        return target.tokenize([found])[0]
-    return found.reshape(-1).long()
+        return AdversarialInput(target.tokenize([found])[0])
+    return AdversarialInput(found.reshape(-1).long())
 
 
 class PromptAttack(Configurable, ABC):
@@ -97,6 +134,16 @@ class PromptAttack(Configurable, ABC):
 
     name = "prompt-attack"
     needs_reference = False  # True: the attack wants the original model's image of the prompt
+    #: What the attack may change (:data:`~robustbench_peft.t2i.threat_model.PROMPT_THREAT_MODELS`); enforced in :meth:`run_many`.
+    threat_model = "text"
+    #: A search that descends a loss towards the reference image: the power check runs it on the original model.
+    optimising = False
+    #: A chance baseline (random draws): optimised attacks must beat it per item at the same judge budget.
+    random_baseline = False
+
+    def judge_budget(self) -> int | None:
+        """How many judged generations the search may spend per item (None: not stated)."""
+        return None
 
     @abstractmethod
     def search(self, target: TextToImageTarget, item: PromptItem, judge: Judge,
@@ -109,8 +156,18 @@ class PromptAttack(Configurable, ABC):
         return [self.search(target, it, judge, None if references is None else references[i]) for i, it in enumerate(items)]
 
     def judge_prompt(self, target: TextToImageTarget, item: PromptItem, judge: Judge, prompt: PromptInput) -> tuple[bool, torch.Tensor]:
-        flags, images = judge_ids(target, [item], judge, as_ids(target, prompt)[None])
+        flags, images = judge_inputs(target, [item], judge, [to_input(target, prompt)])
         return flags[0], images[0]
+
+    def checked_inputs(self, target: TextToImageTarget, found: Sequence[PromptInput]) -> list[AdversarialInput]:
+        """``found`` as inputs, refused if one lies outside the declared threat model or has the wrong shape."""
+        owner = f"prompt attack {self.name}"
+        check_threat_model(self.threat_model, owner)
+        probe = target.tokenize([""])
+        with torch.no_grad():
+            condition_shape = tuple(target.encode(probe).shape[1:])
+        width = int(target.token_embedding.weight.shape[1])
+        return [enforce(to_input(target, f), self.threat_model, owner, probe.shape[1], width, condition_shape) for f in found]
 
     def run_many(self, target: TextToImageTarget, items: Sequence[PromptItem], judge: Judge,
                  references: torch.Tensor | None = None) -> list[PromptResult]:
@@ -120,14 +177,17 @@ class PromptAttack(Configurable, ABC):
             return []
         start = time.perf_counter()
         found = self.search_many(target, list(items), judge, references)
-        ids = torch.stack([as_ids(target, f[0]) for f in found])
-        flags, images = judge_ids(target, list(items), judge, ids)
+        inputs = self.checked_inputs(target, [f[0] for f in found])
+        flags, images = judge_inputs(target, list(items), judge, inputs)
         each = (time.perf_counter() - start) / len(items)
         results = []
-        for it, (prompt, steps, details), row, ok, im in zip(items, found, ids, flags, images):
-            text = prompt if isinstance(prompt, str) else target.decode(row)
+        for it, (prompt, steps, details), adv, ok, im in zip(items, found, inputs, flags, images):
+            text = prompt if isinstance(prompt, str) else target.decode(adv.ids)
+            if adv.threat_model != "text":
+                text = f"{text} [{adv.threat_model} optimised]"
             results.append(PromptResult(it.prompt, it.seed, ok, text, steps, each, im, details,
-                                        None if isinstance(prompt, str) else [int(i) for i in row]))
+                                        None if isinstance(prompt, str) else [int(i) for i in adv.ids],
+                                        self.threat_model, adv))
         return results
 
     def run(self, target: TextToImageTarget, item: PromptItem, judge: Judge, reference: torch.Tensor | None = None) -> PromptResult:

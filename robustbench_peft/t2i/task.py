@@ -28,5 +28,8 @@ class T2IConceptTask:
     kept: list[PromptItem]
     forget_request: Callable[[], ForgetRequest]
     options: dict = field(default_factory=dict)
+    #: A kept concept's prompt for the attacks' positive control: on the original model, an optimising attack
+    #: must steer it to the erased concept's reference images (None: the task has no control).
+    control_prompt: str | None = None
     #: An already unlearned model given by the user (e.g. a replacement UNet): base target -> unlearned target.
     unlearned: Callable[[TextToImageTarget], TextToImageTarget] | None = None
