@@ -131,6 +131,8 @@ if __name__ == "__main__":  # python -m tasks.t2i_digits: train the embedded mod
     t0 = time.perf_counter()
     model = load_digits_t2i()
     print(f"ready in {time.perf_counter() - t0:.1f} s; meta {model.meta}")
-    acc = judged_accuracy(model, list(range(10)), list(range(1000, 1020)))
+    from tasks import t2i_digits  # the registered module, not __main__ (whose judge would register twice)
+
+    acc = t2i_digits.judged_accuracy(model, list(range(10)), list(range(1000, 1020)))
     print("judged accuracy per digit:", {k: round(v, 3) for k, v in acc.items()},
           "mean", round(sum(acc.values()) / len(acc), 3))

@@ -175,14 +175,24 @@ def check_l2(work: Workdir, proc: subprocess.CompletedProcess) -> None:
     assert worst == sorted(worst, reverse=True) and worst[-1] < worst[0]
 
 
-def check_diffusion(name: str, attacks: tuple[str, ...], unlearners: tuple[str, ...] = ("esd", "salun-dm")) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
-    """The section ran every attack spec on every unlearner, and the original model reaches 95% judged accuracy."""
+def check_diffusion(name: str, attacks: tuple[str, ...], unlearners: tuple[str, ...] = ("esd", "salun-dm"),
+                    threat_models: tuple[str, ...] = ("text",), min_items: int = 50) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
+    """The section ran every attack spec on every unlearner, the original model reaches 95% judged accuracy, every
+    (unlearner, threat model) has its worst case over at least ``min_items`` items with an interval, and every check
+    passed (the default suite's evaluation is one its checks accept)."""
 
     def check(work: Workdir, proc: subprocess.CompletedProcess) -> None:
         section = work.report("diffusion-*")["diffusion"]
         assert section["task"] == name
         assert {(r["unlearner"], r["attack"]) for r in section["rows"]} >= {(u, a) for u in unlearners for a in attacks}
         assert section["original_model"]["judged_accuracy"] >= 0.95
+        worst = {(w["unlearner"], w["threat_model"]): w for w in section["worst_case"]}
+        assert set(worst) == {(u, tm) for u in unlearners for tm in threat_models}
+        for w in worst.values():
+            assert w["n"] >= min_items and w["ci95"][0] <= w["rate"] <= w["ci95"][1] and w["kept_ci95"] is not None
+        failed = [c for c in section["checks"] if not c["passed"]]
+        assert section["reliable"] and not failed, failed
+        assert "worst case per threat model" in proc.stdout
 
     return check
 
@@ -313,7 +323,8 @@ CASES: dict[str, Case] = {
     "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
     "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
     "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", (
-        "no_attack", "unlearndiff", "random_tokens", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"))),
+        "no_attack", "unlearndiff", "random_tokens", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8",
+        "concept_inversion", "condition_inversion"), threat_models=("text", "embedding", "condition"))),
     'python -m robustbench_peft eval --suite diffusion --set diffusion.preset=digits-quick --set \'diffusion.unlearners=["salun-dm:alpha=0.001","salun-dm:alpha=0.01","salun-dm:alpha=0.1","salun-dm:alpha=1.0"]\'': Case(
         check_diffusion("digits-t2i", ("no_attack", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"),
                         tuple(f"salun-dm:alpha={a}" for a in ("0.001", "0.01", "0.1", "1.0"))), tier="budget"),
