@@ -45,8 +45,9 @@ PRE_ATTACK = "no_attack"
 #: quick one (8 x 10); each beside random tokens at the same judge budget (one judged image per timestep).
 PAPER_ATTACKS = ["unlearndiff", "random_tokens"]
 QUICK_ATTACKS = ["unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"]
-#: The continuous attacks: the word-embedding threat model (concept inversion) and the condition threat model.
-CONTINUOUS_ATTACKS = ["concept_inversion", "condition_inversion"]
+#: The continuous attacks: the word-embedding threat model (concept inversion) and the condition threat model,
+#: 50 steps judged every 10 (5 judged images), beside random tokens at the same judge budget.
+CONTINUOUS_ATTACKS = ["concept_inversion", "condition_inversion", "random_tokens:trials=5"]
 DIGITS = {
     "task": "digits-t2i",
     # 16 prompt forms of the digit (templates with its word and numeral, untrained synonyms) x 4 seeds
