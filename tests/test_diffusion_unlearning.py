@@ -71,7 +71,7 @@ def test_esd_partial_sampling_trains_on_the_models_own_trajectory(setup):
     target, request, x_t = setup
     partial = ESD(eta=1.0, steps=6, batch_size=4, pool=4, lr=1e-3, sampling="partial", seed=0)
     unet = partial.update(target, target.trainable_unet_copy(), request)
-    noised = ESD(eta=1.0, steps=6, batch_size=4, pool=4, lr=1e-3, seed=0).update(target, target.trainable_unet_copy(), request)
+    noised = ESD(eta=1.0, steps=6, batch_size=4, pool=4, lr=1e-3, sampling="noised", seed=0).update(target, target.trainable_unet_copy(), request)
     before, after = prediction(target, target.unet, FORGET, x_t), prediction(target, unet, FORGET, x_t)
     assert (after - before).abs().mean() > 1e-3
     assert not torch.equal(after, prediction(target, noised, FORGET, x_t))

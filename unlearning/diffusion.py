@@ -6,9 +6,12 @@ Both fine-tune only the UNet.
 
 * ESD (Gandikota et al.): the UNet under the erased prompt c is trained to
   follow the frozen original's negatively guided prediction
-  eps0(x_t) - eta (eps0(x_t, c) - eps0(x_t)); x_t are noised samples the frozen
-  model generates for c, so no data is needed. ``params`` picks ESD-u
-  (``noxattn``: everything but cross-attention), ESD-x (``xattn``) or ``all``.
+  eps0(x_t) - eta (eps0(x_t, c) - eps0(x_t)), on points x_t of the fine-tuned
+  model's own DDIM run for c, so no data is needed. Defaults follow the
+  reference's ESD-u (``train-esd.py``, ``noxattn``): 1000 iterations of batch 1,
+  Adam lr 1e-5, eta 1, x_t from a 50-step DDIM run, the UNets' timestep drawn in
+  the DDIM step's DDPM bucket. ``params`` picks ESD-u (``noxattn``), ESD-x
+  (``xattn``) or ``all``. One deviation: the start guidance (see :class:`ESD`).
 * SalUn-DM (Fan et al.): a saliency mask keeps the top ``fraction`` of UNet
   weights by the magnitude of the forget set's denoising-loss gradient; only
   those weights move. The forget loss pulls the prediction under the forgotten
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_peft.config import option
+from robustbench_peft.config import option, require
 from robustbench_peft.errors import UserError
 from robustbench_peft.registry import register_t2i_unlearner
 from robustbench_peft.t2i.target import TextToImageTarget
@@ -39,15 +42,24 @@ from robustbench_peft.t2i.unlearn_base import ForgetRequest, T2IUnlearner, T2IUn
 
 ESD_PARAM_SETS = ("noxattn", "xattn", "all")
 
+#: What ESD-u (``noxattn``) leaves frozen, in diffusers' names. The reference excludes compvis names
+#: starting with ``out.`` (the final norm and conv), containing ``time_embed`` (the timestep MLP) or
+#: ``attn2`` (cross-attention); the resnets' ``emb_layers`` (diffusers' ``time_emb_proj``) train.
+NOXATTN_FROZEN_PREFIXES = ("conv_norm_out.", "conv_out.", "time_embedding.")
+CROSS_ATTENTION = ".attn2."
+
 
 def select_parameters(unet: nn.Module, which: str) -> list[nn.Parameter]:
-    """ESD's parameter sets: cross-attention modules are diffusers' ``attn2``."""
+    """ESD's parameter sets on a diffusers UNet: ``noxattn`` (ESD-u) all but cross-attention, the
+    timestep embedding and the output norm and conv; ``xattn`` (ESD-x) only cross-attention
+    (``attn2``); ``all`` everything. The others get ``requires_grad`` off."""
     if which not in ESD_PARAM_SETS:
         raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {which!r}")
     chosen = []
     for name, p in unet.named_parameters():
-        cross = ".attn2." in name
-        keep = which == "all" or (which == "xattn" and cross) or (which == "noxattn" and not cross)
+        cross = CROSS_ATTENTION in name
+        keep = (which == "all" or (which == "xattn" and cross)
+                or (which == "noxattn" and not cross and not name.startswith(NOXATTN_FROZEN_PREFIXES)))
         p.requires_grad_(keep)
         if keep:
             chosen.append(p)
@@ -63,30 +75,102 @@ def noised(target: TextToImageTarget, x0: torch.Tensor, gen: torch.Generator) ->
     return target.add_noise(x0, noise, t), t, noise
 
 
+def esd_timestep_bucket(t_enc: int, ddim_steps: int, num_train_timesteps: int = 1000) -> tuple[int, int]:
+    """The reference's DDPM bucket [og_num, og_num_lim) of DDIM step ``t_enc``:
+    round(t_enc / ddim_steps * T), round((t_enc + 1) / ddim_steps * T), T the training timesteps."""
+    return (round(t_enc / ddim_steps * num_train_timesteps), round((t_enc + 1) / ddim_steps * num_train_timesteps))
+
+
+def esd_ddpm_timestep(t_enc: int, ddim_steps: int, num_train_timesteps: int, gen: torch.Generator) -> int:
+    """The timestep the UNets see for DDIM step ``t_enc``: uniform in :func:`esd_timestep_bucket`."""
+    low, high = esd_timestep_bucket(t_enc, ddim_steps, num_train_timesteps)
+    return int(torch.randint(low, max(high, low + 1), (1,), generator=gen))
+
+
+def esd_sampling_steps(t_enc: int, ddim_steps: int) -> int:
+    """How many of the ``ddim_steps`` DDIM steps the reference runs from noise for ``t_enc``.
+
+    Its ``quick_sample_till_t`` (compvis ``DDIMSampler`` with ``till_T=t_enc``) walks the schedule from
+    the noisy end and stops once it has taken the step of index ``t_enc - 1`` (indices count from the
+    clean end), so x_t stands two DDIM steps below the bucket of ``t_enc``, and ``t_enc`` 0 and 1 give
+    the finished sample. In a diffusers DDIM schedule that is ``ddim_steps + 1 - t_enc`` steps, capped
+    at the whole run."""
+    return min(ddim_steps, ddim_steps + 1 - t_enc)
+
+
+@torch.no_grad()
+def ddim_sample_till(target: TextToImageTarget, cond: torch.Tensor, seeds: list[int], n: int, guidance: float | None,
+                     ddim_steps: int) -> tuple[torch.Tensor, int]:
+    """(x, t): the latents after the first ``n`` of ``ddim_steps`` DDIM steps (eta 0) of ``target``'s UNet
+    from seeded noise, guided against the empty prompt, and the DDPM step they stand at (0 once ``n`` is
+    the whole run: the finished sample)."""
+    if n < ddim_steps:
+        x, t = target.partial_sample(cond, seeds, n, guidance=guidance, steps=ddim_steps)
+        return x, int(t)
+    from diffusers import DDIMScheduler
+
+    x, t = target.partial_sample(cond, seeds, ddim_steps - 1, guidance=guidance, steps=ddim_steps)
+    guidance = target.default_guidance if guidance is None else float(guidance)
+    if guidance == 1.0:
+        eps = target.denoise(x, t, cond)
+    else:
+        uncond = target.encode_prompts([""]).expand(cond.shape[0], -1, -1)
+        eps_u, eps_c = target.denoise(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
+        eps = eps_u + guidance * (eps_c - eps_u)
+    sampler = DDIMScheduler.from_config(target.scheduler.config)
+    sampler.set_timesteps(ddim_steps)
+    return sampler.step(eps, t, x).prev_sample, 0
+
+
 #: How ESD draws its training points x_t (see :class:`ESD`).
-ESD_SAMPLING = ("noised", "partial")
+ESD_SAMPLING = ("partial", "noised")
+
+#: Which timestep the UNets see at a training point of ``sampling=partial`` (see :class:`ESD`).
+ESD_TIMESTEP = ("bucket", "matched")
+
+#: The reference's start guidance, left out of the default here (see :class:`ESD`).
+REFERENCE_START_GUIDANCE = 3.0
 
 
 @dataclass(frozen=True)
 class ESDConfig(T2IUnlearnerConfig):
-    """Options of ``esd``."""
+    """Options of ``esd`` (defaults: the reference's ESD-u, except ``start_guidance``)."""
 
-    eta: float = option(1.0, "negative-guidance strength of the target the UNet is trained towards")
-    steps: int = option(200, "optimisation steps")
+    eta: float = option(1.0, "negative-guidance strength of the target the UNet is trained towards (the reference's "
+                             "negative_guidance)")
+    steps: int = option(1000, "optimisation steps (the reference's iterations)")
     lr: float = option(1e-5, "Adam learning rate")
-    batch_size: int = option(16, "training points per step")
-    params: str = option("noxattn", f"which UNet parameters train: {', '.join(ESD_PARAM_SETS)}")
-    pool: int = option(64, "generations of the frozen model the training points come from")
-    sampling: str = option("noised", f"how training points x_t are drawn: {', '.join(ESD_SAMPLING)}")
+    batch_size: int = option(1, "training points per step (the reference: 1; a larger batch shares one DDIM step)")
+    params: str = option("noxattn", f"which UNet parameters train: {', '.join(ESD_PARAM_SETS)} (noxattn, ESD-u: all but "
+                                    "cross-attention, time embedding and output norm/conv)")
+    sampling: str = option("partial", f"how training points x_t are drawn: {', '.join(ESD_SAMPLING)} (partial: the "
+                                      "fine-tuned model's own DDIM run for the erased prompt, as the reference; noised: "
+                                      "forward-noised generations of the frozen model)")
+    ddim_steps: int = option(50, "DDIM steps of the run partial sampling stops in (the reference: 50)")
+    # Deviation: the reference samples at 3.0, where the embedded model's samples collapse.
+    start_guidance: float | None = option(None, "guidance of partial sampling's DDIM run; None, a deviation from the "
+                                                "reference's 3.0: the model's own sampling guidance (1.5 for the embedded "
+                                                "model, a tiny 8x8 UNet whose samples collapse at 3.0: 31.5% judged "
+                                                "accuracy vs 100% at 1.5); give 3.0 for the reference's")
+    timestep: str = option("bucket", f"the UNets' timestep at a partial-sampling point: {', '.join(ESD_TIMESTEP)} (bucket: "
+                                     "drawn in the DDIM step's DDPM bucket, as the reference, which lags x_t's own step by "
+                                     "two DDIM steps; matched: the step x_t stands at)")
+    pool: int = option(64, "generations of the frozen model the training points come from (sampling=noised only)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.pool < 1:
-            raise UserError("esd: steps, batch_size and pool must be >= 1 and lr > 0")
-        if self.params not in ESD_PARAM_SETS:
-            raise UserError(f"esd: params must be one of {', '.join(ESD_PARAM_SETS)}, got {self.params!r}")
-        if self.sampling not in ESD_SAMPLING:
-            raise UserError(f"esd: sampling must be one of {', '.join(ESD_SAMPLING)}, got {self.sampling!r}")
+        require("esd", {
+            f"params must be one of {', '.join(ESD_PARAM_SETS)}, got {self.params!r}": self.params in ESD_PARAM_SETS,
+            f"sampling must be one of {', '.join(ESD_SAMPLING)}, got {self.sampling!r}": self.sampling in ESD_SAMPLING,
+            f"timestep must be one of {', '.join(ESD_TIMESTEP)}, got {self.timestep!r}": self.timestep in ESD_TIMESTEP,
+            f"steps must be >= 1, got {self.steps}": self.steps >= 1,
+            f"batch_size must be >= 1, got {self.batch_size}": self.batch_size >= 1,
+            f"pool must be >= 1, got {self.pool}": self.pool >= 1,
+            f"ddim_steps must be >= 1, got {self.ddim_steps}": self.ddim_steps >= 1,
+            f"lr must be > 0, got {self.lr}": self.lr > 0,
+            f"start_guidance must be > 0 or None (the model's own), got {self.start_guidance}":
+                self.start_guidance is None or self.start_guidance > 0,
+        })
 
 
 #: How SalUn-DM picks the pseudo prompt a forgotten sample is mapped to.
@@ -125,10 +209,30 @@ class SalUnDMConfig(T2IUnlearnerConfig):
 class ESD(T2IUnlearner):
     """ESD: fine-tune the UNet to follow the frozen model's negative guidance away from the erased prompt.
 
-    ``sampling`` picks the training points x_t: "partial" runs the model being
-    fine-tuned part way down its own DDIM trajectory for the erased prompt, to a
-    random step, as the paper does; "noised" (default, several times cheaper)
-    forward-noises ``pool`` generations of the frozen model for that prompt.
+    Defaults are the ESD-u setting of the reference code (rohitgandikota/erasing, compvis
+    ``train-esd.py``). Each step draws a DDIM step ``t_enc`` uniformly in [0, ``ddim_steps``) and runs the
+    model being fine-tuned (DDIM, eta 0, guidance ``start_guidance``) for the erased prompt c from fresh
+    noise the way the reference's ``quick_sample_till_t`` does (:func:`esd_sampling_steps`); the UNets
+    see a timestep drawn in the bucket [round(t_enc/ddim_steps*T), round((t_enc+1)/ddim_steps*T)) (T the
+    training timesteps); the loss is MSE(eps(x_t, c), eps0(x_t) - eta (eps0(x_t, c) - eps0(x_t))), eps0
+    the frozen original under c and the empty prompt.
+
+    As in the reference, that timestep is not the one x_t stands at: x_t is two DDIM steps less noisy
+    than its bucket (and ``t_enc`` 0 and 1 train on the finished sample). ``timestep="matched"`` gives the
+    UNets x_t's own step instead. ``sampling="noised"`` (not the reference) forward-noises ``pool``
+    generations of the frozen model at uniform timesteps, several times cheaper.
+
+    Deviations from the reference:
+
+    * ``start_guidance`` defaults to None, the model's own sampling guidance (``target.default_guidance``,
+      1.5 for the embedded model), not 3: the embedded model is a tiny 8x8 pixel-space UNet whose samples
+      collapse at guidance 3 (measured once: 31.5% judged accuracy at 3.0 vs 100% at 1.5). Give
+      ``start_guidance=3.0`` for the reference's.
+    * The run uses the target's full ``ddim_steps`` DDIM schedule (diffusers ``DDIMScheduler`` from the
+      model's noise schedule); the reference's compvis sampler drops the schedule's noisiest step
+      (``t_start=-1``), so it starts from noise one DDIM step lower, and its finished run ends at
+      alphas_cumprod[0] rather than at 1. Its runs stop at the same step of the schedule as here.
+    * With ``batch_size`` > 1 (the reference has 1) the batch shares one ``t_enc`` and one timestep.
     """
 
     method = "esd"
@@ -136,47 +240,63 @@ class ESD(T2IUnlearner):
     config_class = ESDConfig
 
     def update(self, target, unet, request):
-        gen = torch.Generator().manual_seed(self.config.seed)
+        config = self.config
+        gen = torch.Generator().manual_seed(config.seed)
         frozen = target.unet
         with torch.no_grad():
             cond = target.encode_prompts([request.forget_prompt])
             uncond = target.encode_prompts([""])
-        training_points = self._partial_points(target, unet, cond) if self.config.sampling == "partial" else self._noised_points(target, request, gen)
-        optimizer = torch.optim.Adam(select_parameters(unet, self.config.params), lr=self.config.lr)
-        for idx in seeded_batches(self.config.pool, self.config.batch_size, self.config.steps, gen):
-            x_t, t = training_points(len(idx), idx, gen)
-            c, u = cond.expand(len(idx), -1, -1), uncond.expand(len(idx), -1, -1)
-            with torch.no_grad():
-                e_u, e_c = frozen(x_t, t, encoder_hidden_states=u).sample, frozen(x_t, t, encoder_hidden_states=c).sample
-                goal = e_u - self.config.eta * (e_c - e_u)
+        draw = self._partial_points(target, unet, cond) if config.sampling == "partial" else self._noised_points(target, request, gen)
+        optimizer = torch.optim.Adam(select_parameters(unet, config.params), lr=config.lr)
+        n = config.batch_size
+        c, u = cond.expand(n, -1, -1), uncond.expand(n, -1, -1)
+        unet.train()
+        for _ in range(config.steps):
+            x_t, t = draw(n, gen)
+            with torch.no_grad():  # one frozen call for the empty and the erased prompt
+                e_u, e_c = frozen(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([u, c])).sample.chunk(2)
+                goal = e_u - config.eta * (e_c - e_u)
             loss = nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=c).sample, goal)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         return unet.eval().requires_grad_(False)
 
+    def start_guidance(self, target: TextToImageTarget) -> float:
+        """The guidance of the DDIM runs: ``start_guidance``, else the target's own sampling guidance."""
+        return float(target.default_guidance if self.config.start_guidance is None else self.config.start_guidance)
+
     def _noised_points(self, target, request, gen):
         """x_t by forward-noising what the frozen model draws for the erased prompt."""
         seeds = torch.randint(2**31 - 1, (self.config.pool,), generator=gen).tolist()
         x0_pool = target.image_to_x0(target.generate(request.forget_prompt, seeds))
 
-        def draw(n, idx, gen):
+        def draw(n, gen):
+            idx = torch.randint(self.config.pool, (n,), generator=gen)
             x_t, t, _ = noised(target, x0_pool[idx], gen)
             return x_t, t
 
         return draw
 
     def _partial_points(self, target, unet, cond):
-        """x_t from the current UNet's own DDIM run for the erased prompt, stopped at a random step."""
+        """x_t from the current UNet's own DDIM run for the erased prompt, as the reference draws them."""
+        ddim_steps, total = self.config.ddim_steps, target.num_train_timesteps
+        if ddim_steps > total:
+            raise UserError(f"esd: ddim_steps must be at most the model's {total} training timesteps, got {ddim_steps}")
         current = target.with_unet(unet)
+        guidance = self.start_guidance(target)
 
-        def draw(n, idx, gen):
+        def draw(n, gen):
+            t_enc = int(torch.randint(ddim_steps, (1,), generator=gen))
+            t_ddpm = esd_ddpm_timestep(t_enc, ddim_steps, total, gen)
             seeds = torch.randint(2**31 - 1, (n,), generator=gen).tolist()
-            stop = int(torch.randint(target.default_steps, (1,), generator=gen))
             unet.eval()
-            x_t, t = current.partial_sample(cond.expand(n, -1, -1), seeds, stop)
+            x_t, t_at = ddim_sample_till(current, cond.expand(n, -1, -1), seeds, esd_sampling_steps(t_enc, ddim_steps),
+                                         guidance, ddim_steps)
             unet.train()
-            return x_t, t.expand(n)
+            # The reference's pairing: t_enc's bucket, two DDIM steps noisier than x_t ("matched": x_t's own step).
+            t = t_ddpm if self.config.timestep == "bucket" else t_at
+            return x_t, torch.full((n,), t, dtype=torch.long)
 
         return draw
 
