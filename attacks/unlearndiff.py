@@ -83,25 +83,34 @@ def item_generator(seed: int, item: PromptItem) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + item.seed)
 
 
-class SampledTokenEmbedding(torch.autograd.Function):
-    """``one_hot(sample) @ E`` for a token sampled from each row of ``weights``, with the reference's
-    straight-through gradient: d/d weights = hardtanh(grad @ E^T).
+class StraightThroughGather(torch.autograd.Function):
+    """``one_hot(picks) @ E`` with the reference's straight-through gradient: d/d weights = hardtanh(grad @ E^T).
 
-    The forward gathers the sampled rows of ``E`` (the same numbers as the one-hot product, without
-    a dense product over the whole vocabulary); the backward is the one-hot product's own gradient,
-    passed straight through the sampling and clipped to [-1, 1] as the reference's ``STERandSelect`` does.
+    The forward gathers the picked rows of ``E`` (the same numbers as the one-hot product, without a dense
+    product over the whole vocabulary); the backward is the one-hot product's own gradient, passed straight
+    through the sampling and clipped to [-1, 1] as the reference's ``STERandSelect`` does, for every prompt's
+    slots in one matrix product.
     """
 
     @staticmethod
-    def forward(ctx, weights: torch.Tensor, table: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        pick = torch.multinomial(weights.detach(), 1, generator=generator)[:, 0]
+    def forward(ctx, weights: torch.Tensor, table: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(table)
-        return table[pick]
+        ctx.shape = weights.shape
+        return table[picks]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (table,) = ctx.saved_tensors
-        return torch.nn.functional.hardtanh(grad @ table.T), None, None
+        flat = torch.nn.functional.hardtanh(grad.reshape(-1, grad.shape[-1]) @ table.T)
+        return flat.reshape(ctx.shape), None, None
+
+
+def sampled_token_embeddings(weights: torch.Tensor, table: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """For each prompt p (``weights[p]``: k distributions over the rows of ``table``), one token sampled per slot with
+    the prompt's own generator; their embeddings (P, k, D), with the straight-through gradient of
+    :class:`StraightThroughGather`."""
+    picks = torch.stack([torch.multinomial(w.detach(), 1, generator=g)[:, 0] for w, g in zip(weights, generators)])
+    return StraightThroughGather.apply(weights, table, picks)
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ class UnlearnDiff(PromptAttack):
             tt = torch.full((len(active) * cfg.noise_batch,), t, dtype=torch.long)
             for _ in range(cfg.inner_steps):
                 embeds = base[active].clone()
-                embeds[:, slots] = torch.stack([SampledTokenEmbedding.apply(weights[p], candidates, gens[p]) for p in active])
+                embeds[:, slots] = sampled_token_embeddings(weights[active], candidates, [gens[p] for p in active])
                 cond = target.encode_embeds(ids[active], embeds).repeat_interleave(cfg.noise_batch, 0)
                 noise = torch.cat([torch.randn((cfg.noise_batch, *x0.shape[1:]), generator=gens[p]) for p in active])
                 x_t = target.add_noise(x0[active].repeat_interleave(cfg.noise_batch, 0), noise, tt)

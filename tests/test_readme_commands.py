@@ -176,10 +176,11 @@ def check_l2(work: Workdir, proc: subprocess.CompletedProcess) -> None:
 
 
 def check_diffusion(name: str, attacks: tuple[str, ...], unlearners: tuple[str, ...] = ("esd", "salun-dm"),
-                    threat_models: tuple[str, ...] = ("text",), min_items: int = 50) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
+                    threat_models: tuple[str, ...] = ("text",), min_items: int = 50,
+                    unreliable: tuple[str, ...] = ()) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
     """The section ran every attack spec on every unlearner, the original model reaches 95% judged accuracy, every
     (unlearner, threat model) has its worst case over at least ``min_items`` items with an interval, and every check
-    passed (the default suite's evaluation is one its checks accept)."""
+    passed (the default suite's evaluation is one its checks accept) but those named in ``unreliable``, which must fail."""
 
     def check(work: Workdir, proc: subprocess.CompletedProcess) -> None:
         section = work.report("diffusion-*")["diffusion"]
@@ -191,7 +192,8 @@ def check_diffusion(name: str, attacks: tuple[str, ...], unlearners: tuple[str, 
         for w in worst.values():
             assert w["n"] >= min_items and w["ci95"][0] <= w["rate"] <= w["ci95"][1] and w["kept_ci95"] is not None
         failed = [c for c in section["checks"] if not c["passed"]]
-        assert section["reliable"] and not failed, failed
+        assert {c["name"] for c in failed} == set(unreliable), failed
+        assert section["reliable"] == (not unreliable)
         assert "worst case per threat model" in proc.stdout
 
     return check
@@ -323,11 +325,12 @@ CASES: dict[str, Case] = {
     "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
     "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
     "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", (
-        "no_attack", "unlearndiff", "random_tokens", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8",
-        "concept_inversion", "condition_inversion"), threat_models=("text", "embedding", "condition"))),
+        "no_attack", "unlearndiff", "random_tokens", "concept_inversion", "condition_inversion", "random_tokens:trials=5"),
+        threat_models=("text", "embedding", "condition"))),
     'python -m robustbench_peft eval --suite diffusion --set diffusion.preset=digits-quick --set \'diffusion.unlearners=["salun-dm:alpha=0.001","salun-dm:alpha=0.01","salun-dm:alpha=0.1","salun-dm:alpha=1.0"]\'': Case(
         check_diffusion("digits-t2i", ("no_attack", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"),
-                        tuple(f"salun-dm:alpha={a}" for a in ("0.001", "0.01", "0.1", "1.0"))), tier="budget"),
+                        tuple(f"salun-dm:alpha={a}" for a in ("0.001", "0.01", "0.1", "1.0")),
+                        unreliable=("attack_steers_the_original",)), tier="budget"),
     'python -m robustbench_peft eval --suite diffusion --set diffusion.task=sd-object --set \'diffusion.task_options={"model": "CompVis/stable-diffusion-v1-4", "forget": "church"}\' --set \'diffusion.unlearners=["esd"]\' --set \'diffusion.attacks=["unlearndiff"]\'': Case(
         not_here="not run offline: downloads Stable Diffusion v1-4 and the ResNet-50 judge"),
     "python -m robustbench_peft eval --task cifar10 --data-dir ~/data/cifar10 --model robustbench:cifar10/Linf/Carmon2019Unlabeled --attack autoattack:version=standard --n 1000 --batch-size 250": Case(

@@ -57,14 +57,16 @@ def test_defaults_are_the_reference_setting():
     assert schedule == list(range(10, 1000, 20)) and len(schedule) == 50  # 10, 30, ..., 990, ascending
 
 
-def test_paper_and_quick_presets_pair_each_unlearndiff_with_random_tokens_at_its_judge_budget():
+@pytest.mark.parametrize("preset", ["digits", "digits-paper", "digits-quick"])
+def test_presets_pair_each_unlearndiff_with_random_tokens_at_its_judge_budget(preset):
     from unlearning.diffusion_section import PRESETS
 
-    attacks = [parse_plugin_spec(a) for a in PRESETS["digits"]["attacks"]]
+    attacks = [parse_plugin_spec(a) for a in PRESETS[preset]["attacks"]]
     ud = [UnlearnDiffConfig.from_options(a.options, "test") for a in attacks if a.name == "unlearndiff"]
     rnd = [RandomTokensConfig.from_options(a.options, "test") for a in attacks if a.name == "random_tokens"]
-    assert (50, 40) in [(c.timesteps, c.inner_steps) for c in ud] and len(ud) == 2
-    assert sorted(c.timesteps for c in ud) == sorted(c.trials for c in rnd)
+    assert ud and {c.timesteps for c in ud} <= {c.trials for c in rnd}
+    if preset != "digits-quick":
+        assert (50, 40) in [(c.timesteps, c.inner_steps) for c in ud]  # the reference budget
     assert PRESETS["digits-paper"]["attacks"] == ["unlearndiff", "random_tokens"]
 
 
@@ -195,16 +197,18 @@ def test_baselines(tiny):
 
 
 def test_sampled_token_embedding_is_the_one_hot_product_with_a_clipped_straight_through_gradient():
-    from attacks.unlearndiff import SampledTokenEmbedding
+    from attacks.unlearndiff import sampled_token_embeddings
 
     gen = torch.Generator().manual_seed(0)
     table = torch.randn(50, 4, generator=gen) * 10  # large entries: the clip must act
-    weights = project_simplex(torch.rand(3, 50, generator=gen)).requires_grad_(True)
-    out = SampledTokenEmbedding.apply(weights, table, torch.Generator().manual_seed(1))
-    pick = torch.multinomial(weights.detach(), 1, generator=torch.Generator().manual_seed(1))[:, 0]
-    onehot = torch.nn.functional.one_hot(pick, 50).float()
-    assert torch.equal(out, onehot @ table)
-    upstream = torch.randn(3, 4, generator=gen)
+    weights = project_simplex(torch.rand(2, 3, 50, generator=gen)).requires_grad_(True)  # 2 prompts x 3 slots
+    out = sampled_token_embeddings(weights, table, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    upstream = torch.randn(2, 3, 4, generator=gen)
     (out * upstream).sum().backward()
-    expected = torch.nn.functional.hardtanh(upstream @ table.T)
-    assert torch.allclose(weights.grad, expected) and (weights.grad.abs() == 1).any()
+    for p, seed in enumerate((1, 2)):  # each prompt samples with its own generator
+        pick = torch.multinomial(weights[p].detach(), 1, generator=torch.Generator().manual_seed(seed))[:, 0]
+        onehot = torch.nn.functional.one_hot(pick, 50).float()
+        assert torch.equal(out[p], onehot @ table)
+        expected = torch.nn.functional.hardtanh(upstream[p] @ table.T)
+        assert torch.allclose(weights.grad[p], expected)
+    assert (weights.grad.abs() == 1).any()

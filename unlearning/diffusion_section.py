@@ -53,7 +53,9 @@ DIGITS = {
     # 16 prompt forms of the digit (templates with its word and numeral, untrained synonyms) x 4 seeds
     "task_options": {"forget_digit": 3, "n_attack": 4, "n_kept": 8, "forms": "all"},
     "unlearners": ["esd", "salun-dm"],
-    "attacks": PAPER_ATTACKS + QUICK_ATTACKS + CONTINUOUS_ATTACKS,
+    # the quick UnlearnDiff budget (8 x 10) is not in the default: on the original model it steers none of the
+    # control items (the power check fails), so its low ASR says nothing; it stays in the digits-quick preset
+    "attacks": PAPER_ATTACKS + CONTINUOUS_ATTACKS,
     # attack -> most items it runs on (evenly spread over the attacked items); the paper-budget UnlearnDiff
     # (2,000 steps per item) runs on a subset, with its own n, as AutoAttack runs on 32 classifier samples
     "attack_items": {"unlearndiff": 8, "random_tokens": 8},
