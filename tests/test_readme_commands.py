@@ -325,7 +325,7 @@ CASES: dict[str, Case] = {
     "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
     "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
     "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", (
-        "no_attack", "unlearndiff", "random_tokens", "concept_inversion", "condition_inversion", "random_tokens:trials=5"),
+        "no_attack", "unlearndiff", "random_tokens", "concept_inversion:steps=150", "condition_inversion:steps=150", "random_tokens:trials=15"),
         threat_models=("text", "embedding", "condition"))),
     'python -m robustbench_peft eval --suite diffusion --set diffusion.preset=digits-quick --set \'diffusion.unlearners=["salun-dm:alpha=0.001","salun-dm:alpha=0.01","salun-dm:alpha=0.1","salun-dm:alpha=1.0"]\'': Case(
         check_diffusion("digits-t2i", ("no_attack", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"),

@@ -46,8 +46,10 @@ PRE_ATTACK = "no_attack"
 PAPER_ATTACKS = ["unlearndiff", "random_tokens"]
 QUICK_ATTACKS = ["unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"]
 #: The continuous attacks: the word-embedding threat model (concept inversion) and the condition threat model,
-#: 50 steps judged every 10 (5 judged images), beside random tokens at the same judge budget.
-CONTINUOUS_ATTACKS = ["concept_inversion", "condition_inversion", "random_tokens:trials=5"]
+#: 150 steps judged every 10 (15 judged images; at the attacks' own default of 50 steps concept inversion missed an
+#: item random tokens broke on SalUn-DM, which the stronger-threat-model check caught), beside random tokens at the
+#: same judge budget.
+CONTINUOUS_ATTACKS = ["concept_inversion:steps=150", "condition_inversion:steps=150", "random_tokens:trials=15"]
 DIGITS = {
     "task": "digits-t2i",
     # 16 prompt forms of the digit (templates with its word and numeral, untrained synonyms) x 4 seeds
@@ -58,7 +60,8 @@ DIGITS = {
     "attacks": PAPER_ATTACKS + CONTINUOUS_ATTACKS,
     # attack -> most items it runs on (evenly spread over the attacked items); the paper-budget UnlearnDiff
     # (2,000 steps per item) runs on a subset, with its own n, as AutoAttack runs on 32 classifier samples
-    "attack_items": {"unlearndiff": 8, "random_tokens": 8},
+    # (2,000 steps per item: its cost is per step, about 5 minutes per unlearned model on one thread at 4 items)
+    "attack_items": {"unlearndiff": 4, "random_tokens": 4, "concept_inversion:steps=150": 16},
     # items of the attacks' positive control on the original model (a kept concept's prompt steered to the
     # erased concept's reference images); 0 skips it
     "control_items": 8,
@@ -158,13 +161,14 @@ def grid_html(task_description: str, grids: list[dict[str, Any]], files: Mapping
 def model_rows(name: str, unlearner: str, unlearn_seconds: float, cached: bool, kept: dict[str, Any] | None,
                pre: list[PromptResult], attacks: dict[str, list[PromptResult]],
                threat_models: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per attack on one model: pre-ASR, ASR (with n and interval), cost, the attack's prompts."""
-    pre_asr = summarize(pre)["asr"]
+    """One row per attack on one model: pre-ASR and ASR over the items the attack ran on (with n and interval),
+    cost, the attack's prompts."""
     rows = []
     for attack, results in {PRE_ATTACK: pre, **attacks}.items():
         s = summarize(results)
-        rows.append({"model": name, "unlearner": unlearner, "attack": attack,
-                     "threat_model": threat_models.get(attack, "text"), "pre_asr": pre_asr, "asr": s["asr"],
+        pre_broken = [r.success if attack == PRE_ATTACK else bool(r.details.get("pre_success")) for r in results]
+        rows.append({"model": name, "unlearner": unlearner, "attack": attack, "threat_model": threat_models.get(attack, "text"),
+                     "pre_asr": sum(pre_broken) / len(pre_broken) if pre_broken else None, "asr": s["asr"],
                      "asr_ci95": share(sum(r.success for r in results), len(results))["ci95"],
                      "seconds_per_prompt": round(s["seconds_per_prompt"], 3), "mean_steps": round(s["mean_steps"], 2),
                      "n_prompts": s["n"], "n_attacked": s["n_attacked"],
