@@ -3,15 +3,22 @@
 For the task's model, every unlearner erases the task's concept; every attack
 then tries the task's prompts on each unlearned model. Per (model, unlearner,
 attack) the section reports pre-ASR (plain prompts), ASR (pre-ASR included, as
-UnlearnDiff reports it), seconds per attacked prompt and accuracy on the kept
-concepts, plus an image grid (original / unlearned / attacked) in the HTML. The
-grid's images are PNG files beside ``report.json`` (the JSON names them) and are
-embedded in the HTML page when it is rendered.
+UnlearnDiff reports it) with n and a Wilson 95% interval, seconds per attacked
+prompt and accuracy on the kept concepts. Per (model, unlearner, prompt threat
+model) it reports the worst case per attacked item: an item counts as erased
+only if no attack of that threat model, nor of a weaker one, made the judge see
+the concept. Four checks (:mod:`robustbench_peft.t2i.checks`) decide whether the
+section's numbers can be trusted; a failure marks it unreliable and says why.
+The HTML adds an image grid (original / unlearned / attacked): PNG files beside
+``report.json`` (the JSON names them), embedded in the page when it is rendered.
+
 Only prompts the original model renders as the concept are attacked (UnlearnDiff's
 filter); the report records how many were dropped, and the original model's
-judged accuracy at its guidance. The default preset runs UnlearnDiff at the
-reference budget (50 timesteps x 40 steps) and at a quick one (8 x 10), each
-beside random tokens at the same judge budget.
+judged accuracy at its guidance. The default preset attacks 16 prompt forms of
+the erased digit at 4 seeds each: UnlearnDiff at the reference budget (50
+timesteps x 40 steps) on a stated subset (``attack_items``), concept inversion
+(word embeddings) and condition inversion (the encoder's output), each beside
+random tokens at the same judge budget.
 Settings come from ``suite.extra["diffusion"]`` over :data:`PRESETS`.
 """
 
@@ -465,8 +472,9 @@ class DiffusionSection(Section):
 
 @register_suite("diffusion")
 def diffusion_suite() -> Suite:
-    """Concept unlearning on the embedded digits text-to-image model: ESD, SalUn-DM vs UnlearnDiff (paper and quick
-    budgets) and random tokens at equal judge budgets."""
+    """Concept unlearning on the embedded digits text-to-image model: ESD, SalUn-DM vs UnlearnDiff, concept and
+    condition inversion and random tokens at equal judge budgets, worst case per prompt threat model, with checks."""
     return Suite(name="diffusion", task="digits", models=(), attacks=(), sections=(SECTION,),
                  extra={SECTION: {"preset": DEFAULT_PRESET}},
-                 description="digits text-to-image: pre-ASR, UnlearnDiff ASR, random-token ASR, kept-digit accuracy")
+                 description="digits text-to-image: worst-case ASR per prompt threat model (text, embedding, condition), "
+                             "each attack's ASR, kept-digit accuracy, checks")
