@@ -71,7 +71,7 @@ DIGITS = {
     "attack_items": {"unlearndiff": 4, "random_tokens": 4, "concept_inversion:steps=150": 16},
     # items of the attacks' positive control on the original model (a kept concept's prompt steered to the
     # erased concept's reference images); 0 skips it
-    "control_items": 8,
+    "control_items": 4,
     "power_floor": POWER_FLOOR,  # least share of control items each optimising attack must steer
     "judge_floor": JUDGE_FLOOR,  # least share of the original's generations the judge must recognise
     "grid": 6,  # attacked prompts shown per unlearned model in the HTML grid
