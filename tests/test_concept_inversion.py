@@ -9,21 +9,9 @@ from robustbench_peft.errors import UserError
 from robustbench_peft.options import build
 from robustbench_peft.registry import PROMPT_ATTACKS
 from robustbench_peft.t2i.attack_base import PromptItem
-from test_t2i_helpers import FixedJudge, tiny_digits_target
+from test_t2i_helpers import FixedJudge, RecordingJudge, tiny_digits_target
 
 PROMPT = "a handwritten digit three"
-
-
-class RecordingJudge(FixedJudge):
-    """A fixed answer, keeping every image it was shown."""
-
-    def __init__(self, answer: bool) -> None:
-        super().__init__(answer)
-        self.seen: list[torch.Tensor] = []
-
-    def present(self, images, concept):
-        self.seen.append(images.clone())
-        return super().present(images, concept)
 
 
 class YesAfter(FixedJudge):

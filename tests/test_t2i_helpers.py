@@ -30,6 +30,18 @@ class FixedJudge:
         return torch.full((len(images),), self.answer, dtype=torch.bool)
 
 
+class RecordingJudge(FixedJudge):
+    """A fixed answer, keeping every image it was shown."""
+
+    def __init__(self, answer: bool) -> None:
+        super().__init__(answer)
+        self.seen: list[torch.Tensor] = []
+
+    def present(self, images: torch.Tensor, concept) -> torch.Tensor:
+        self.seen.append(images.clone())
+        return super().present(images, concept)
+
+
 def tiny_bert_folder(folder: Path, seed: int = 0) -> Path:
     """A WordPiece tokenizer and a randomly initialised 1-layer BertModel, saved as transformers folders are."""
     from transformers import BertConfig, BertModel, BertTokenizer

@@ -9,21 +9,9 @@ from attacks.unlearndiff import (NoAttack, RandomTokens, RandomTokensConfig, Unl
                                  insert_slots, timestep_schedule)
 from robustbench_peft.options import parse_plugin_spec
 from robustbench_peft.t2i.attack_base import PromptAttack, PromptItem
-from test_t2i_helpers import FixedJudge, tiny_digits_target
+from test_t2i_helpers import FixedJudge, RecordingJudge, tiny_digits_target
 
 PROMPT = "a handwritten digit three"
-
-
-class RecordingJudge(FixedJudge):
-    """A fixed answer, keeping every image it was shown."""
-
-    def __init__(self, answer: bool) -> None:
-        super().__init__(answer)
-        self.seen: list[torch.Tensor] = []
-
-    def present(self, images, concept):
-        self.seen.append(images.clone())
-        return super().present(images, concept)
 
 
 @pytest.fixture(scope="module")
