@@ -164,6 +164,31 @@ def check_suite(name: str, n_runs: int, sections: tuple[str, ...] = ()) -> Calla
     return check
 
 
+def check_unlearning(scenarios: tuple[str, ...], methods: tuple[str, ...], flagged: tuple[str, ...] = ()) -> Callable[[Workdir, subprocess.CompletedProcess], None]:
+    """The unlearning suite's report: every method of every scenario has the paper's metrics and the probes'
+    (per-example MIA, relearning, linear probe, gap over every metric); the class-wise power checks pass;
+    ``flagged`` methods are flagged, and no flagged method is named closest to retrain."""
+
+    def check(work: Workdir, proc: subprocess.CompletedProcess) -> None:
+        check_suite("unlearning", 0, ("unlearning",))(work, proc)
+        section = work.report("unlearning-*")["unlearning"]
+        assert tuple(s["kind"] for s in section["scenarios"]) == scenarios
+        for scenario in section["scenarios"]:
+            rows = {r["method"]: r for r in scenario["rows"]}
+            assert set(rows) == {"original", *methods}
+            for row in rows.values():
+                assert all(row[k] is not None for k in ("UA", "RA", "TA", "MIA", "avg_gap", "MIA_AUC", "MIA_TPR", "relearn_forget", "probe_accuracy", "gap_all"))
+                assert "relearn_steps" in row and "retain_relearn_forget" in row
+            assert rows["retrain"]["gap_all"] == 0.0 and rows["retrain"]["MIA_AUC"] == 0.5
+            assert set(flagged) <= set(scenario["flagged"]) and not set(scenario["best_approximate"]) & set(scenario["flagged"])
+        class_checks = [c for c in section["checks"] if c["scope"] == "class"]
+        assert {c["name"] for c in class_checks} == {"mia_separates_original", "probes_tell_original"} and all(c["passed"] for c in class_checks)
+        closest = [line for line in proc.stdout.splitlines() if "closest to retrain" in line]
+        assert closest and not any(name in line for line in closest for name in flagged)
+
+    return check
+
+
 def check_l2(work: Workdir, proc: subprocess.CompletedProcess) -> None:
     report = json.loads((work.path / "reports" / "runs" / "l2" / "report.json").read_text())
     (run,) = report["runs"]
@@ -323,7 +348,9 @@ CASES: dict[str, Case] = {
     "python -m robustbench_peft eval --suite prompts --defense cavp:terms=l1 --defense cavp:terms=l2 --defense cavp:terms=l3": Case(
         check_suite("prompts", 3), tier="budget"),
     "python -m robustbench_peft eval --suite advft": Case(check_suite("advft", 4)),
-    "python -m robustbench_peft eval --suite unlearning": Case(check_suite("unlearning", 0, ("unlearning",))),
+    "python -m robustbench_peft eval --suite unlearning": Case(check_unlearning(("class", "random"), ("retrain", "ft", "ga", "rl", "l1sparse", "salun"))),
+    "python -m robustbench_peft eval --suite unlearning --set unlearning.scenarios=class --set unlearning.methods=retrain+ft+ga+rl+l1sparse+salun+suppress": Case(
+        check_unlearning(("class",), ("retrain", "ft", "ga", "rl", "l1sparse", "salun", "suppress"), flagged=("suppress",))),
     "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", (
         "no_attack", "unlearndiff", "random_tokens", "concept_inversion:steps=150", "condition_inversion:steps=150", "random_tokens:trials=15"),
         threat_models=("text", "embedding", "condition"))),

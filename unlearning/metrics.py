@@ -22,8 +22,12 @@ from robustbench_peft.targets import ClassifierTarget
 from robustbench_peft.task import ClassificationTask
 from robustbench_peft.unlearner import ForgetScenario
 
-#: Metrics averaged by Avg. Gap (each compared with Retrain).
+#: Metrics averaged by Avg. Gap (each compared with Retrain), as the paper defines it.
 GAP_METRICS = ("UA", "RA", "TA", "MIA")
+#: Metrics averaged by the gap over every metric: the paper's four and the probes' fractions
+#: (per-example MIA AUC, mean forget accuracy while relearning with and without forget samples,
+#: linear-probe accuracy on the forget set), each against retrain's own value.
+ALL_GAP_METRICS = GAP_METRICS + ("MIA_AUC", "relearn_area", "retain_relearn_area", "probe_accuracy")
 SVC_C = 3.0
 
 
@@ -105,8 +109,13 @@ def evaluate(
 
 def avg_gap(metrics: dict[str, Any], reference: dict[str, Any]) -> float | None:
     """Mean |metric - reference| over UA, RA, TA and MIA (None if any is missing)."""
+    return mean_gap(metrics, reference, GAP_METRICS)
+
+
+def mean_gap(metrics: dict[str, Any], reference: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    """Mean |metric - reference| over ``keys`` (None if any is missing)."""
     gaps = []
-    for key in GAP_METRICS:
+    for key in keys:
         if metrics.get(key) is None or reference.get(key) is None:
             return None
         gaps.append(abs(metrics[key] - reference[key]))

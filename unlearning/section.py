@@ -6,6 +6,11 @@ its run, tables, plot, summary and the ``unlearning`` claim metric) and the
 the section through ``suite.extra["unlearning"]`` (keys of :data:`PRESETS`);
 without it, the cheap ``quick`` preset runs (class-wise forgetting, retrain and
 SalUn), which is what the default ``digits`` suite can include.
+
+Beside the paper's output metrics, every scenario runs the probes of
+:mod:`.probes` (settings ``probes``, a :class:`~.probe_config.ProbeConfig`): a
+method they give away is flagged and never named closest to retrain, which the
+gap over every metric decides; probes without power make the scenario unreliable.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from robustbench_peft.task import ClassificationTask
 from robustbench_peft.threads import torch_threads
 from robustbench_peft.unlearner import Unlearner
 
-from .metrics import GAP_METRICS, avg_gap, evaluate
+from .checks import HIDING
+from .metrics import ALL_GAP_METRICS, GAP_METRICS, avg_gap, evaluate, mean_gap
+from .probe_config import ProbeConfig
+from .probes import ScenarioProbes, probe_obstacle, probe_scenario
 from .scenarios import SCENARIOS, ForgetScenario, make_scenario
 from .view import section_plot, section_tables
 
@@ -43,6 +51,7 @@ _COMMON = {
     "model": None,  # None: the suite's first model, else digits:cnn
     "pgd_steps": 20,  # PGD-Linf steps for robust accuracy at the task's middle eps (0 skips it)
     "threads": 1,  # torch threads while unlearning and measuring (0 keeps torch's setting)
+    "probes": {},  # options of ProbeConfig: relearning, representation probe, per-example MIA, checks
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"methods": ["retrain", "ft", "ga", "rl", "l1sparse", "salun"], "scenarios": ["class", "random"], **_COMMON},
@@ -58,6 +67,10 @@ def section_config(suite: Suite) -> dict[str, Any]:
     config["scenarios"] = name_list(config["scenarios"], SECTION, "scenarios")
     config["seed"] = int(suite.seed if config["seed"] is None else config["seed"])
     config["model"] = config["model"] or (suite.models[0] if suite.models else DEFAULT_MODEL)
+    probes = config["probes"]
+    if not isinstance(probes, dict):
+        raise UserError(f"{SECTION}: probes must be a group of settings (e.g. --set {SECTION}.probes.shadows=4), got {probes!r}")
+    config["probes"] = ProbeConfig.from_options(probes, owner=f"{SECTION}.probes").to_json()
     return config
 
 
@@ -85,19 +98,73 @@ def metrics_row(label: str, method: str, metrics: dict[str, Any], seconds: float
 def run_scenario(scenario: ForgetScenario, task: ClassificationTask, original: ClassifierTarget, unlearners: list[Unlearner], config: dict[str, Any], log) -> dict[str, Any]:
     seed, steps = config["seed"], config["pgd_steps"]
     rows = [metrics_row(ORIGINAL_LABEL, "original", evaluate(original, task, scenario, seed, steps), 0.0, cached=True, sha256=original.weights_sha256(), config={})]
+    models = {ORIGINAL_LABEL: original}
     for unlearner in unlearners:
         log(f"unlearning ({scenario.kind}): {unlearner.label()}")
         result = unlearner.unlearn(original, task, scenario)
         metrics = evaluate(result.model, task, scenario, seed, steps)
         rows.append(metrics_row(result.label, result.method, metrics, result.seconds, cached=result.cached, sha256=result.sha256, config=result.config, details=result.details))
+        models[result.label] = result.model
     reference = next((r for r in rows if r["method"] == REFERENCE_METHOD), None)
     for row in rows:
         row["avg_gap"] = avg_gap(row, reference) if reference is not None else None
         row["rte_vs_retrain"] = row["RTE"] / reference["RTE"] if reference is not None and reference["RTE"] > 0 else None
-    approximate = [r for r in rows if r["method"] not in (REFERENCE_METHOD, "original") and r["avg_gap"] is not None]
-    smallest = min((r["avg_gap"] for r in approximate), default=None)
-    best = [r["label"] for r in approximate if smallest is not None and r["avg_gap"] <= smallest + GAP_TIE]
-    return {**scenario.to_json(task), "rows": rows, "best_approximate": best}
+    probes, skipped = run_probes(scenario, task, models, rows, unlearners, ProbeConfig(**config["probes"]), seed, log)
+    data = {**scenario.to_json(task), "rows": rows, **closest(rows, probes is not None), **probe_data(scenario, rows, probes)}
+    return {**data, "probes_skipped": skipped} if skipped else data
+
+
+def run_probes(scenario: ForgetScenario, task: ClassificationTask, models: dict[str, ClassifierTarget], rows: list[dict[str, Any]],
+               unlearners: list[Unlearner], config: ProbeConfig, seed: int, log) -> tuple[ScenarioProbes | None, str | None]:
+    """Probe every row's model, add the probe fields, the gap over every metric and the flags to the rows;
+    returns the probes, or None and why they did not run."""
+    if not config.enabled:
+        return None, None
+    retrain = next((u for u in unlearners if u.name == REFERENCE_METHOD), None)
+    reference = next((r for r in rows if r["method"] == REFERENCE_METHOD), None)
+    if retrain is None or reference is None:
+        return None, f"the probes compare every method with retrain's seeds; add {REFERENCE_METHOD} to the methods"
+    obstacle = probe_obstacle(task, scenario, config)
+    if obstacle is not None:
+        return None, obstacle
+    probes = probe_scenario(scenario, task, models, ORIGINAL_LABEL, (reference["label"], retrain), config, seed, log)
+    for row in rows:
+        row.update(probes.rows[row["label"]])
+    for row in rows:
+        row["gap_all"] = mean_gap(row, reference, ALL_GAP_METRICS)
+        row["flags"] = [] if row["method"] == "original" or probes.hiding[row["label"]].passed else [HIDING]
+    return probes, None
+
+
+def closest(rows: list[dict[str, Any]], probed: bool) -> dict[str, Any]:
+    """The approximate methods closest to retrain: by the gap over every metric among those no check
+    flags when the probes ran, else by the paper's Avg. Gap (unchecked)."""
+    key = "gap_all" if probed else "avg_gap"
+    approximate = [r for r in rows if r["method"] not in (REFERENCE_METHOD, "original") and r.get(key) is not None]
+    candidates = [r for r in approximate if not r.get("flags")]
+    smallest = min((r[key] for r in candidates), default=None)
+    best = [r["label"] for r in candidates if smallest is not None and r[key] <= smallest + GAP_TIE]
+    return {"closest_by": key, "best_approximate": best, "flagged": [r["label"] for r in approximate if r.get("flags")]}
+
+
+def probe_data(scenario: ForgetScenario, rows: list[dict[str, Any]], probes: ScenarioProbes | None) -> dict[str, Any]:
+    """The scenario's checks (scoped by scenario and row), reliability, retrain's seeds and the MIA's setup.
+
+    The power checks decide reliability; a method's own hiding check flags that method (its row), as a
+    failed check marks one defense's run, and leaves the other methods' numbers standing."""
+    if probes is None:
+        return {"probed": False}
+    checks = [{"scope": scenario.kind, **c.to_json()} for c in probes.power]
+    checks += [{"scope": f"{scenario.kind}: {r['label']}", **probes.hiding[r["label"]].to_json()} for r in rows if r["method"] != "original"]
+    failed = [c for c in probes.power if not c.passed]
+    return {
+        "probed": True,
+        "checks": checks,
+        "reliable": not failed,
+        "unreliable_reasons": [f"{scenario.kind}: {c.name}: {c.detail}" for c in failed],
+        "reference": probes.reference,
+        "mia": probes.mia,
+    }
 
 
 def summary_lines(scenarios: list[dict[str, Any]]) -> list[str]:
@@ -110,8 +177,24 @@ def summary_lines(scenarios: list[dict[str, Any]]) -> list[str]:
             metrics = " ".join(f"{k} {100 * r[k]:5.1f}" for k in GAP_METRICS)
             ratio = "" if r["rte_vs_retrain"] is None or r["method"] in (REFERENCE_METHOD, "original") else f" ({100 * r['rte_vs_retrain']:.0f}% of retrain)"
             lines.append(f"  {r['label'][:24]:<24} {metrics}{gap} RTE {r['RTE']:.1f}s{ratio}")
-        if s["best_approximate"]:
-            lines.append(f"  smallest Avg. Gap to retrain among approximate methods: {', '.join(s['best_approximate'])}")
+            if s.get("probed"):
+                steps = "never" if r["relearn_steps"] is None else f"{r['relearn_steps']} steps"
+                flag = "  FLAGGED: still holds the forget set" if r.get("flags") else ""
+                lines.append(f"  {'':<24} per-example MIA AUC {100 * r['MIA_AUC']:5.1f} relearn {steps} probe {100 * r['probe_accuracy']:5.1f} gap (all) {100 * r['gap_all']:.2f}{flag}")
+        lines += verdict_lines(s)
+    return lines
+
+
+def verdict_lines(scenario: dict[str, Any]) -> list[str]:
+    """The failed power checks, then the closest-to-retrain line (never a flagged method)."""
+    lines = [f"  UNRELIABLE: {reason}" for reason in scenario.get("unreliable_reasons", [])]
+    lines += [f"  probes skipped: {scenario['probes_skipped']}"] if scenario.get("probes_skipped") else []
+    if scenario["best_approximate"]:
+        rule = "gap over every metric, among methods the checks do not flag" if scenario["closest_by"] == "gap_all" else "Avg. Gap; probes off, unchecked"
+        caveat = "; the checks lack power here, see above" if scenario.get("reliable") is False else ""
+        lines.append(f"  closest to retrain ({rule}{caveat}): {', '.join(scenario['best_approximate'])}")
+    elif scenario.get("flagged"):
+        lines.append("  closest to retrain: none; every approximate method is flagged")
     return lines
 
 
@@ -122,17 +205,37 @@ def run_unlearning_section(suite: Suite, runner: Runner) -> dict[str, Any]:
     original = runner.base_target(config["model"], task)
     with torch_threads(config["threads"]):
         unlearners = [build_unlearner(m, config["seed"], config["threads"]) for m in config["methods"]]
+        labels = [u.label() for u in unlearners]
+        if config["probes"]["enabled"] and len(set(labels)) != len(labels):
+            raise UserError(f"{SECTION}: the probes need one row per method label; labels repeat in {', '.join(labels)} "
+                            f"(or --set {SECTION}.probes.enabled=false)")
         scenarios = [build_scenario(s, task, config) for s in config["scenarios"]]
         results = [run_scenario(s, task, original, unlearners, config, runner.log) for s in scenarios]
+    checks = [c for s in results for c in s.get("checks", [])]
+    reasons = [r for s in results for r in s.get("unreliable_reasons", [])]
     return {
         "task": task.name,
         "original": {"spec": original.name, "sha256": original.weights_sha256()},
         "config": config,
-        "metrics": "fractions in [0,1]: UA = 1 - forget accuracy, RA retain accuracy, TA test accuracy (kept classes for class-wise), "
-        "MIA = SVC MIA-efficacy on the forget set, RTE seconds, avg_gap = mean |metric - retrain| over UA RA TA MIA",
+        "metrics": METRICS_TEXT,
         "scenarios": results,
+        "checks": checks,
+        "reliable": not reasons,
+        "unreliable_reasons": reasons,
         "summary": summary_lines(results),
     }
+
+
+METRICS_TEXT = (
+    "fractions in [0,1]: UA = 1 - forget accuracy, RA retain accuracy, TA test accuracy (kept classes for class-wise), "
+    "MIA = SVC MIA-efficacy on the forget set, RTE seconds, avg_gap = mean |metric - retrain| over UA RA TA MIA (the paper's Avg. Gap); "
+    "MIA_AUC / MIA_TPR = per-example likelihood-ratio MIA against retrain on the forget set (0.5 / fpr = as retrain), "
+    "relearn_steps = fine-tuning steps until the held-out forget samples are back at the level, relearn_forget / relearn_area = "
+    "their accuracy after the probe / averaged over it (retain_relearn_*: fine-tuning on retain data only), probe_accuracy / "
+    "probe_confidence = accuracy / mean true-class probability of a few-shot linear probe of the penultimate features on the "
+    "forget set, gap_all = mean |metric - retrain| over UA RA TA MIA MIA_AUC "
+    "relearn_area retain_relearn_area probe_accuracy; flags = checks the method fails"
+)
 
 
 def metric_value(data: dict[str, Any], claim: Any) -> float:
