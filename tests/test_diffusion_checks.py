@@ -93,10 +93,6 @@ class ReferenceJudge:
         return torch.tensor([any(torch.allclose(im, ref, atol=1e-4) for ref in self.images) for im in images])
 
 
-class SilentConfig(PromptAttackConfig):
-    pass
-
-
 class NoPowerAttack(PromptAttack):
     """Optimising in name only: returns the plain prompt (an attack with no power)."""
 

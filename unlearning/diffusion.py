@@ -107,19 +107,7 @@ def ddim_sample_till(target: TextToImageTarget, cond: torch.Tensor, seeds: list[
     if n < ddim_steps:
         x, t = target.partial_sample(cond, seeds, n, guidance=guidance, steps=ddim_steps)
         return x, int(t)
-    from diffusers import DDIMScheduler
-
-    x, t = target.partial_sample(cond, seeds, ddim_steps - 1, guidance=guidance, steps=ddim_steps)
-    guidance = target.default_guidance if guidance is None else float(guidance)
-    if guidance == 1.0:
-        eps = target.denoise(x, t, cond)
-    else:
-        uncond = target.encode_prompts([""]).expand(cond.shape[0], -1, -1)
-        eps_u, eps_c = target.denoise(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
-        eps = eps_u + guidance * (eps_c - eps_u)
-    sampler = DDIMScheduler.from_config(target.scheduler.config)
-    sampler.set_timesteps(ddim_steps)
-    return sampler.step(eps, t, x).prev_sample, 0
+    return target.sample_latents(cond, seeds, guidance=guidance, steps=ddim_steps), 0
 
 
 #: How ESD draws its training points x_t (see :class:`ESD`).

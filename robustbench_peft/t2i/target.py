@@ -189,11 +189,18 @@ class TextToImageTarget:
         return x
 
     @torch.no_grad()
+    def sample_latents(self, cond: torch.Tensor, seeds: Sequence[int], guidance: float | None = None,
+                       steps: int | None = None) -> torch.Tensor:
+        """The finished latents of deterministic DDIM sampling (eta 0) with classifier-free guidance
+        against the empty prompt (pixels for a model without a VAE, still in [-1, 1])."""
+        sampler, guidance = self._ddim(guidance, steps)
+        return self._ddim_latents(cond, seeds, sampler, guidance)
+
+    @torch.no_grad()
     def generate_from_cond(self, cond: torch.Tensor, seeds: Sequence[int], guidance: float | None = None,
                            steps: int | None = None) -> torch.Tensor:
         """Deterministic DDIM sampling (eta 0) with classifier-free guidance against the empty prompt."""
-        sampler, guidance = self._ddim(guidance, steps)
-        return self.x0_to_image(self._ddim_latents(cond, seeds, sampler, guidance))
+        return self.x0_to_image(self.sample_latents(cond, seeds, guidance, steps))
 
     @torch.no_grad()
     def partial_sample(self, cond: torch.Tensor, seeds: Sequence[int], stop: int, guidance: float | None = None,
