@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 from robustbench_peft.checks import CheckResult
 
-from .threat_model import PROMPT_THREAT_MODELS, strength
+from .threat_model import PROMPT_THREAT_MODELS
 from .worst_case import ItemFlags, broken_items
 
 #: Least share of the original's generations (erased and kept concepts) the judge must recognise.
@@ -101,8 +101,7 @@ def stronger_threat_model_not_beaten(flags: Mapping[str, ItemFlags], threat_mode
         ran = [i for i in range(n_items) if any(f[i] is not None for f in own.values())]
         own_broken = [any(bool(f[i]) for f in own.values()) for i in range(n_items)]
         weaker = present[present.index(stronger) - 1]
-        weak_broken = broken_items({a: f for a, f in flags.items() if strength(threat_models[a]) < strength(stronger)},
-                                   threat_models, weaker, n_items)
+        weak_broken = broken_items(flags, threat_models, weaker, n_items)
         missed = [i for i in ran if weak_broken[i] and not own_broken[i]]
         compared.append(f"{stronger} vs weaker on {len(ran)} items")
         if missed:
