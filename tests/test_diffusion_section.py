@@ -148,3 +148,17 @@ def test_rendered_filter_needs_one_result_per_item():
 def test_diffusion_suite_runs_only_its_section():
     suite = SUITES.create("diffusion")
     assert suite.sections == ("diffusion",) and suite.models == () and suite.attacks == ()
+
+
+def test_attack_subsets_cover_the_seeds_as_well_as_the_prompt_forms():
+    from unlearning.diffusion_section import spread
+
+    forms, seeds = [f"form {f}" for f in range(16)], [10, 11, 12, 13]
+    items = [PromptItem(form, s, 3) for form in forms for s in seeds]  # listed form by form, as digits-t2i lists them
+    for most in (2, 4, 8, 16):
+        picks = spread(items, most)
+        assert len(picks) == len(set(picks)) == most
+        assert len({items[i].prompt for i in picks}) == most  # one prompt form per pick
+        assert len({items[i].seed for i in picks}) == min(most, len(seeds))  # and the seeds in turn
+    assert spread(items, None) == spread(items, 64) == list(range(64))
+    assert spread([PromptItem("a", 1, 3)] * 5, 2) == [0, 2]  # one seed only: the windows' first items
