@@ -138,6 +138,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="also print each run's per-attack details (always in report.md), above the summary, which stays last")
     p.add_argument("--help-plugin", metavar="NAME", help="print the options of a plug-in (attack, defense, unlearner, ...) with their types, defaults and help, and exit")
 
 
@@ -223,6 +224,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(args, "amp", "off") != "off" and not fit_amp_applied():
         print(f"warning: --amp {args.amp} had no effect: no defense in this suite fitted under mixed precision", file=sys.stderr)
     paths = write_outputs(report, out)
+    if getattr(args, "verbose", False) and report.runs:
+        print(report.details(), end="\n\n")  # above the summary: what a user sees last is the one-screen summary
     print(report.summary())
     print(f"\nreport: {paths['report.json']}  (also report.md, report.html, plots)")
     return 0

@@ -4,7 +4,8 @@ Every output is written atomically; plots are embedded in the HTML as data URIs
 so the page opens from disk with no other files.
 
 Both pages lead with what a reader comes for, in this order (the terminal summary,
-:meth:`Report.summary`, follows it too):
+:meth:`Report.summary`, follows it too, without the plots and the details: those are
+:meth:`Report.details`, which ``eval --verbose`` prints above the summary):
 
 1. the summary table (:func:`summary_table`): one row per (model, defense) run with
    clean accuracy, the worst case at each (threat model, eps) with its n, AutoAttack's

@@ -114,8 +114,8 @@ class Report:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        """The terminal summary: one fixed-width row per run first (see :func:`summary_lines`), then the
-        sections' summaries, then the per-run detail (every attack at each worst case)."""
+        """The one-screen terminal summary: one fixed-width row per run (see :func:`summary_lines`), then the
+        sections' summaries. The per-run detail is :meth:`details`, kept apart so the summary can be read last."""
         rows = [summarize_run(run) for run in self.runs]
         lines = summary_lines(rows) if rows else []
         for name, data in self.sections.items():
@@ -123,8 +123,12 @@ class Report:
             if summary:
                 lines.append(f"{name}:")
                 lines.extend("  " + line for line in summary)
-        if self.runs:
-            lines += ["", "details:"]
+        return "\n".join(lines)
+
+    def details(self) -> str:
+        """The per-run detail (every attack at each worst case, what the checks lowered, the checks' verdict);
+        ``eval --verbose`` prints it above the summary, report.md and report.html hold it as tables."""
+        lines = ["details:"] if self.runs else []
         for run in self.runs:
             lines.append(f"{run.task} | {run.model_spec} | defense: {run.defense_label} | n={run.n} | clean {100 * run.clean_accuracy:.1f}%")
             for worst in run.worst_case:
@@ -306,7 +310,7 @@ def _groups(keys: list[Key], first: int, prefix: str = "") -> list[tuple[str, in
 def summary_lines(rows: list[RunSummary]) -> list[str]:
     """The compact terminal table, one row per run, eps columns under their threat model, and its notes
     (unreliable runs with the first reason). A cell is robust % over the run's n samples, or ``%/k`` over
-    the k samples covered; ``*`` marks a worst case the checks' own attacks lowered (in the details)."""
+    the k samples covered; ``*`` marks a worst case the checks' own attacks lowered (listed in :meth:`Report.details`)."""
     worst_keys, aa_keys = summary_keys(rows, "worst"), summary_keys(rows, "autoattack")
     lead = (["task"] if len({row.task for row in rows}) > 1 else []) + ["model", "defense", "n", "clean"]
     marks = any(row.lowered for row in rows)  # then every worst-case cell ends in "*" or " ": digits stay aligned
@@ -331,7 +335,7 @@ def summary_lines(rows: list[RunSummary]) -> list[str]:
     lines = fixed_width(header, table, right, groups)
     lines.append("robust % over n (x/k: over the k covered); worst: over every attack; AA: AutoAttack's lowest float32 record")
     if marks:
-        lines.append("*: lowered by the checks' own attacks (see the details)")
+        lines.append("*: lowered by the checks' own attacks (listed in report.md's details, or by eval --verbose)")
     for row in rows:
         if not row.reliable:
             lines.append(f"UNRELIABLE {row.label}: {row.reliability[4:]}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -84,14 +85,28 @@ class Workdir:
         return json.loads(found[-1].read_text())
 
 
+def command_path(bin_dir: Path) -> str:
+    """PATH for the README's commands: ``python`` is this interpreter and a virtualenv's tools come first.
+
+    ``python`` is a script that execs ``sys.executable`` by its own path (a symlink to a virtualenv's
+    interpreter placed elsewhere loses the virtualenv, so its packages, torch included); in a virtualenv
+    its bin folder follows, as activating it would put it, so ``pip`` and ``torchrun`` are its own."""
+    wrapper = bin_dir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    dirs = [str(bin_dir)]
+    if sys.prefix != sys.base_prefix:
+        dirs.append(str(Path(sys.executable).parent))
+    return os.pathsep.join([*dirs, os.environ.get("PATH", "")]).rstrip(os.pathsep)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Workdir:
     path = tmp_path_factory.mktemp("readme-user")
     bin_dir = path / ".bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)  # `python` in a command is this interpreter
     env = dict(os.environ)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = command_path(bin_dir)
     env["PYTHONPATH"] = os.pathsep.join([str(path / "site"), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["HOME"] = str(path / "home")  # `~/data/...` is the stand-in data under this user's home
     env["HF_HUB_OFFLINE"] = "1"
@@ -406,6 +421,15 @@ def test_readme_commands_that_cannot_run_here_say_why_beside_them():
 
 def test_the_readme_test_command_is_what_ci_runs(workdir):
     check_test_command_is_ci(workdir, None)
+
+
+def test_python_in_a_command_is_this_interpreter_with_its_packages(workdir):
+    """A command's ``python`` has this environment (a virtualenv's too): its prefix, and torch from the same place;
+    in a virtualenv, ``pip`` is the virtualenv's."""
+    proc = workdir.ok('python -c "import sys, torch; print(sys.prefix); print(torch.__file__)"')
+    assert proc.stdout.splitlines() == [sys.prefix, torch.__file__]
+    if sys.prefix != sys.base_prefix:
+        assert str(Path(sys.prefix) / "lib") in workdir.ok("pip --version").stdout
 
 
 def _params(tier: str) -> list:

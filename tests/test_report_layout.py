@@ -149,10 +149,11 @@ def test_terminal_summary_leads_with_a_fixed_width_table(report):
         assert all(row[end - 1] != " " and (len(row) == end or row[end] == " ") for row in rows), name
     assert header.index("0.5") - 2 <= groups.index("L2") <= header.index("0.5") + 3  # a label sits over its columns
     assert rows[1].split()[4:6] == ["45.0*", "-"] and "43.8/32" in rows[1] and "25.0/100" in rows[2] and rows[2].split()[-5] == "NO"
-    assert text.index("*: lowered by the checks' own attacks") < text.index("toy:") < text.index("details:")
+    assert text.index("*: lowered by the checks' own attacks") < text.index("toy:")
     assert "UNRELIABLE digits:cnn / vp: more_steps_never_raise_accuracy: 10 steps beat 50 (+1 more)" in text
-    detail = text[text.index("details:"):]
-    assert "worst  45.0% of n=200" in detail and "lowered Linf eps=0.1 from 50.0% to 45.0% (n=200)" in detail
+    assert "details:" not in text and "worst  45.0% of n=200" not in text  # the per-run detail is apart: Report.details
+    detail = report.details()
+    assert detail.startswith("details:") and "worst  45.0% of n=200" in detail and "lowered Linf eps=0.1 from 50.0% to 45.0% (n=200)" in detail
     assert "UNRELIABLE: more_steps_never_raise_accuracy: 10 steps beat 50; eval_mode: dropout is on" in detail
 
 
@@ -165,4 +166,4 @@ def test_a_report_of_sections_only_leads_with_its_sections(monkeypatch):
     assert "## Summary" not in md and md.index("## Toy section") < md.index(render.PLOT_NAME) < md.index("## Details")
     page = render.html_page(report, [("Robust accuracy vs eps", b"\x89PNG")])
     assert "<section id='summary'>" not in page and page.index("id='section-toy'") < page.index("<section id='plots'>") < page.index("<section id='details'>")
-    assert report.summary() == ""
+    assert report.summary() == "" and report.details() == ""
