@@ -193,7 +193,7 @@ class AdversaryOptions(PluginConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice(self.objective, OBJECTIVES, "objective")
-        check_norm(self.norm)
+        object.__setattr__(self, "norm", check_norm(self.norm))  # norm=l2 is L2
         require("advft", {"eps must be > 0": self.eps > 0, "steps must be >= 1": self.steps >= 1, "beta must be >= 0": self.beta >= 0})
 
     def adversary(self) -> AdversarySettings:

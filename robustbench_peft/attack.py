@@ -24,12 +24,11 @@ whole budget. A returned input that still breaks the contract after projection
 from __future__ import annotations
 
 import inspect
-import math
 import time
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -39,7 +38,7 @@ from .errors import UserError
 from .precision import AMP_DTYPES, crafting_autocast
 from .referee import Referee
 from .targets import ClassifierTarget
-from .threat_model import broken_rules, check_norm, project
+from .threat_model import broken_rules, check_norm, project, validate_eps  # noqa: F401 - validate_eps: re-exported
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class AttackConfig(PluginConfig):
     amp: str = option("off", "autocast while crafting: off, bf16 or fp16 (accuracy is re-measured in float32 either way)")
 
     def __post_init__(self) -> None:
-        check_norm(self.norm)
+        object.__setattr__(self, "norm", check_norm(self.norm))  # norm=linf is Linf
         if self.batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.amp not in AMP_DTYPES:
@@ -114,23 +113,6 @@ class Crafted:
 
     x_adv: torch.Tensor
     record: Any = None
-
-
-def validate_eps(eps_list: Iterable[Any]) -> list[float]:
-    """Positive finite numbers, deduplicated, in the caller's order."""
-    values: list[float] = []
-    for raw in eps_list:
-        try:
-            eps = float(raw)
-        except (TypeError, ValueError):
-            raise UserError(f"eps must be a number, got {raw!r}") from None
-        if not math.isfinite(eps) or eps <= 0:
-            raise UserError(f"eps must be a positive finite number, got {raw!r}")
-        if eps not in values:
-            values.append(eps)
-    if not values:
-        raise UserError("at least one eps value is needed")
-    return values
 
 
 class Attack(Configurable, ABC):

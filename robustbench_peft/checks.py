@@ -357,6 +357,17 @@ def eot_for_stochastic_targets(ctx: RunContext) -> CheckResult | None:
     return CheckResult("eot_for_stochastic_targets", True, "every white-box attack averages gradients over the target's randomness (EOT)")
 
 
+def nothing_to_attack(clean_correct: torch.Tensor) -> CheckResult | None:
+    """A failed check when no sample is classified correctly (None otherwise). Attacks only work
+    on correctly classified samples, so robust accuracy is then 0% without a single attack:
+    the number says nothing about robustness, and the run must not be called reliable. The
+    runner adds it to every run, with or without the other checks."""
+    if bool(clean_correct.any()):
+        return None
+    return CheckResult("samples_to_attack", False, f"nothing was attacked: no sample of {len(clean_correct)} is classified correctly (clean accuracy 0%), "
+                       "so robust accuracy is 0% without any attack; check the model's preprocessing, label order and number of classes")
+
+
 def run_pre_checks(target: ClassifierTarget, x: torch.Tensor, y: torch.Tensor) -> list[CheckResult]:
     return [check(target, x, y) for check in PRE_CHECKS]
 

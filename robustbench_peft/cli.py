@@ -7,6 +7,7 @@ traceback; reports already on disk are never damaged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import os
 import shutil
@@ -57,41 +58,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_eps(values: Sequence[str] | None) -> dict[str, list[float]] | None:
-    """``--eps 0.1,0.2`` (every threat model) and ``--eps L2:0.5,1`` (one threat model)."""
+    """``--eps 0.1,0.2`` / ``--eps 8/255`` (every threat model, key ``*``) and ``--eps L2:0.5,1`` /
+    ``--eps linf:8/255`` (one threat model), repeatable; the text is read by
+    :func:`~robustbench_peft.threat_model.parse_eps_text`, as ``evaluate(eps="...")`` reads it."""
     if not values:
         return None
-    from .attack import validate_eps
-    from .threat_model import check_norm
+    from .threat_model import parse_eps_text
 
     eps: dict[str, list[float]] = {}
     for value in values:
-        norm, sep, numbers = value.partition(":")
-        if not sep:
-            norm, numbers = "*", value
-        else:
-            check_norm(norm)
-        items = [v for v in numbers.split(",") if v.strip()]
-        eps[norm] = validate_eps(items)
+        eps.update(parse_eps_text(value))
     return eps
 
 
 def parse_device(text: str) -> str:
-    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else a one-line error."""
-    import torch
+    """A torch device this machine has, else a one-line error (see :func:`.runtime.check_device`)."""
+    from .runtime import check_device
 
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {text!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {text}: MPS is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {text}: unsupported device type {device.type!r}; use cpu, cuda or mps")
-    return text
+    return check_device(text)
 
 
 def resolve_out_dir(out: str | None, suite: str, force: bool) -> Path:
@@ -145,23 +129,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def build_suite(args: argparse.Namespace):
     from .options import apply_settings, parse_plugin_spec
     from .registry import SUITES
-    from .suite import task_overrides
+    from .runtime import check_run_numbers
+    from .suite import attack_norms, task_overrides
+    from .threat_model import eps_by_norm
 
     suite = SUITES.get(args.suite).factory()
     attacks = tuple(parse_plugin_spec(a) for a in args.attack) if args.attack else None
     defenses = tuple(parse_plugin_spec(d) for d in args.defense) if args.defense else None
     eps = parse_eps(args.eps)
-    if eps and "*" in eps:
-        norms = {str(a.options.get("norm", "Linf")) for a in (attacks or suite.attacks)}
-        eps = {**{norm: eps["*"] for norm in norms}, **{k: v for k, v in eps.items() if k != "*"}}
-    if args.n is not None and args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    if args.seed is not None and not 0 <= args.seed < 2**31:
-        raise UserError(f"--seed must be in [0, 2**31), got {args.seed}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if eps is not None:  # a list for every threat model goes to each one the attacks use
+        eps = eps_by_norm(eps, attack_norms(attacks or suite.attacks))
+    check_run_numbers(n=args.n, seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size)
     task, task_options = task_overrides(suite, args.task, args.data_dir)
     suite = suite.with_overrides(
         task_options=task_options,
@@ -184,21 +162,16 @@ def build_suite(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .checkpoint import CHECKPOINT_DIR, CheckpointStore
-    from .precision import fit_amp_applied, set_fit_amp
     from .render import write_outputs
     from .runner import Runner
+    from .runtime import RuntimeOptions
     from .suite import Suite
 
     if getattr(args, "help_plugin", None):
         return print_plugin_help(args.help_plugin)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    shard, device = distributed.setup(args.device)  # a process group only under torchrun
-    set_fit_amp(getattr(args, "amp", "off"))
+    options = RuntimeOptions(device=args.device, threads=args.threads, amp=getattr(args, "amp", "off"), channels_last=bool(getattr(args, "channels_last", False)))
+    shard, device = distributed.setup(options.device)  # a process group only under torchrun
+    options = dataclasses.replace(options, device=device)  # under torchrun: this rank's own GPU
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out DIR, the directory of the interrupted run")
@@ -216,12 +189,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = distributed.on_main(fresh_out_dir)  # decided once, shared by every rank
     quiet = args.quiet or not shard.is_main
     log = (lambda m: None) if quiet else (lambda m: print(f"[robustbench_peft] {m}", file=sys.stderr))
-    runner = Runner(suite, progress=not quiet, log=log, device=device, checkpoint_dir=str(out))
-    runner.channels_last = bool(getattr(args, "channels_last", False))
+    warn = (lambda m: print(f"warning: {m}", file=sys.stderr)) if shard.is_main else (lambda m: None)  # even with --quiet
+    runner = Runner(suite, progress=not quiet, log=log, checkpoint_dir=str(out), options=options, warn=warn)
     report = runner.run()
     if not shard.is_main:
         return 0  # rank 0 writes the one report
-    if getattr(args, "amp", "off") != "off" and not fit_amp_applied():
+    if options.amp != "off" and not runner.fit_amp_applied:
         print(f"warning: --amp {args.amp} had no effect: no defense in this suite fitted under mixed precision", file=sys.stderr)
     paths = write_outputs(report, out)
     if getattr(args, "verbose", False) and report.runs:
@@ -249,6 +222,9 @@ def plugin_help(name: str) -> list[str]:
         lines.append(f"{registry.kind} {entry.name}: {entry.description}")
         if config_class_of(entry.factory) is not None:
             lines += ["options (NAME:key=value,...):", *help_lines(entry.factory)]
+        usage = getattr(entry.factory, "usage", None)  # a plug-in's own longer help, e.g. the file: sidecar format
+        if callable(usage):
+            lines += list(usage())
     return lines
 
 
@@ -274,6 +250,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m robustbench_peft", description="Robustness and unlearning evaluation with standardized reports.")
+    parser.add_argument("--version", action="store_true", help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
     eval_parser = sub.add_parser("eval", help="run an evaluation suite and write a report")
     add_eval_arguments(eval_parser)
@@ -294,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = make_parser()
         args = parser.parse_args(argv)
+        if getattr(args, "version", False):
+            from . import __version__
+
+            print(f"robustbench_peft {__version__}")  # what a bug report names
+            return 0
         if getattr(args, "handler", None) is None:
             parser.print_help()
             return 2

@@ -39,6 +39,21 @@ def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MIS
     return field(default=default, metadata={"help": help})
 
 
+def parse_number(text: str) -> float:
+    """``"0.1"``, ``"1e-3"`` or a fraction ``"8/255"`` -> float (ValueError otherwise).
+
+    The one reader of number text (option values, ``--eps``): the ecosystem writes
+    pixel budgets as fractions of 255, and ``8/255`` must mean the same everywhere."""
+    numerator, sep, denominator = str(text).partition("/")
+    if not sep:
+        return float(text)
+    top, bottom = float(numerator), float(denominator)
+    try:
+        return top / bottom
+    except (ZeroDivisionError, OverflowError):
+        raise ValueError(f"{text!r} is not a finite number") from None
+
+
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     """``int | None`` -> (int, True); ``int`` -> (int, False)."""
     origin = typing.get_origin(annotation)
@@ -66,7 +81,7 @@ def convert(value: Any, annotation: Any, key: str, owner: str) -> Any:
         if kind is int:
             return int(value)
         if kind is float:
-            number = float(value)
+            number = parse_number(value)
             if not math.isfinite(number):
                 raise ValueError
             return number

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .config import parse_number
 from .errors import UserError
 
 TRUE = {"1", "true", "yes", "on"}
@@ -62,7 +63,7 @@ def _convert(value: Any, default: Any, key: str, owner: str) -> Any:
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
-            number = float(value)
+            number = parse_number(value)
             if not math.isfinite(number):
                 raise ValueError
             return number

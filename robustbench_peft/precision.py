@@ -41,6 +41,30 @@ def set_fit_amp(name: str) -> None:
     _fit_amp, _fit_amp_applied = name, False
 
 
+class FitPrecision:
+    """What :func:`fit_precision` saw: whether a fit ran under (or keyed its cache by) mixed precision."""
+
+    applied: bool = False
+
+
+@contextlib.contextmanager
+def fit_precision(name: str) -> Iterator[FitPrecision]:
+    """The fitting precision ``name`` for one run only (the runner's ``RuntimeOptions.amp``);
+    the previous setting comes back afterwards, so a run never leaves its ``--amp`` behind.
+
+    Defenses read it deep inside their training loops (:func:`fit_autocast`,
+    :func:`fit_amp_recipe`), hence a scoped setting rather than an argument."""
+    global _fit_amp, _fit_amp_applied
+    previous = (_fit_amp, _fit_amp_applied)
+    set_fit_amp(name)
+    seen = FitPrecision()
+    try:
+        yield seen
+    finally:
+        seen.applied = _fit_amp_applied
+        _fit_amp, _fit_amp_applied = previous
+
+
 def fit_amp() -> str:
     """The precision chosen for fitting ("off" unless ``--amp`` asked otherwise).
 

@@ -8,13 +8,15 @@ still standing at its eps. The worst case is per sample across every attack.
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from . import checks as checks_module
-from .attack import Attack, AttackResult, validate_eps
+from .attack import Attack, AttackResult
 from .checkpoint import CheckpointStore, chunk_seed, merge_results
 from .defense import Defense, FittedDefense
 from .errors import UserError
@@ -22,10 +24,12 @@ from .options import PluginSpec, build
 from .registry import ATTACKS, DEFENSES, TASKS
 from .records import AttackRecord, RunRecord, bits
 from .report import Report, environment
+from .runtime import RuntimeOptions
 from .section import SECTIONS, get_section
 from .suite import MODES, Suite
 from .targets import ClassifierTarget
 from .task import ClassificationTask
+from .threat_model import check_norm, validate_eps, whole_box_eps
 from .worst_case import copy as copy_worst
 from .worst_case import fold_into, worst_case
 
@@ -48,7 +52,7 @@ def prepare_attack(spec: PluginSpec, seed: int, batch_size: int, progress: bool)
     n = options.pop("n", None)
     mode = str(options.pop("mode", "adaptive"))
     eps_option = options.pop("eps", None)
-    eps = validate_eps(str(eps_option).split("+")) if eps_option is not None else None
+    eps = validate_eps(eps_option) if eps_option is not None else None  # eps=8/255+16/255
     if mode not in MODES:
         raise UserError(f"attack {spec.label()}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if n is not None:
@@ -74,8 +78,45 @@ def prepare_defense(spec: PluginSpec, seed: int) -> Defense | None:
 
 
 def resolve_eps(suite: Suite, task: ClassificationTask) -> dict[str, list[float]]:
+    """The suite's eps (else the task's defaults), keyed by canonical threat model names."""
     eps = suite.eps or task.default_eps
-    return {norm: validate_eps(values) for norm, values in eps.items()}
+    return {check_norm(norm): validate_eps(values) for norm, values in eps.items()}
+
+
+def whole_box_warnings(eps: dict[str, list[float]], attacks: list[PreparedAttack], input_shape: tuple[int, ...]) -> list[str]:
+    """One line per eps the run will use that allows every image of the [0,1] box."""
+    norms = {p.attack.norm for p in attacks if p.eps is None}  # an attack with eps=... uses only its own
+    used = {(norm, e) for norm, values in eps.items() if norm in norms for e in values}
+    used |= {(p.attack.norm, e) for p in attacks for e in (p.eps or [])}
+    return [text for norm, e in sorted(used) if (text := whole_box_eps(norm, e, input_shape))]
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(N, " + ", ".join(map(str, shape)) + ")"
+
+
+def input_mismatch(target: ClassifierTarget, task: ClassificationTask, error: Exception) -> UserError:
+    """The one-line error of a model that fails on the task's images: the shape it received,
+    what its first layer expects where it says, and torch's own words (not its traceback)."""
+    from torch import nn
+
+    x = task.x_test[:2].to(target.device)
+    received = tuple(task.input_shape)
+    try:
+        with torch.no_grad():
+            inner = tuple(target.preprocess(x).shape[1:])  # what the network proper receives
+    except Exception:  # noqa: BLE001 - the preprocessing itself failed: the task's shape is what was received
+        inner = received
+    via = "" if inner == received else f", {_shape(inner)} after the target's preprocessing"
+    expects = ""
+    first = next((m for m in target.model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))), None)
+    if isinstance(first, nn.Linear) and first.in_features != math.prod(inner):
+        expects = f"; its first layer (Linear) expects {first.in_features} input features, the images have {math.prod(inner)}"
+    elif isinstance(first, nn.modules.conv._ConvNd) and len(inner) >= 1 and first.in_channels != inner[0]:
+        expects = f"; its first layer ({type(first).__name__}) expects {first.in_channels} input channels, the images have {inner[0]}"
+    said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"model {target.name} cannot take the images of task {task.name}: it received shape {_shape(received)}{via}{expects} "
+                     f"(torch: {said}); pass a model for images of shape {_shape(received)}, or another task")
 
 
 def load_task(name: str, options: dict[str, Any] | None = None) -> ClassificationTask:
@@ -99,26 +140,45 @@ def with_gradient_variant(result: AttackResult, variant: str, other: AttackResul
     )
 
 
-class Runner:
-    """Executes a suite; ``progress`` shows bars; ``log`` receives one-line status messages."""
+def _python_warning(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=4)
 
-    #: Convert attacked targets to channels_last memory layout (faster convolutions on some devices).
-    channels_last: bool = False
+
+class Runner:
+    """Executes a suite; ``progress`` shows bars; ``log`` receives one-line status messages and
+    ``warn`` one-line warnings (default: Python's ``warnings``; ``eval`` prints ``warning: ...``),
+    which the report also keeps (``suite.warnings``). ``options`` say how the run executes
+    (device, threads, fitting precision, memory layout); ``device`` alone is a shorthand."""
 
     def __init__(
         self,
         suite: Suite,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         checkpoint_dir: str | None = None,
+        options: RuntimeOptions | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        if options is not None and device is not None and device != options.device:
+            raise TypeError(f"Runner: device={device!r} and options.device={options.device!r} disagree; pass one")
         self.suite = suite
+        self.options = options if options is not None else RuntimeOptions(device=device or "cpu")
         self.store = CheckpointStore(checkpoint_dir)
         self.progress = progress
         self.log = log or (lambda message: None)
-        self.device = device
+        self._warn = warn or _python_warning
+        self.device = self.options.device
+        #: The warnings of the last run, in order (also in the report's ``suite.warnings``).
+        self.warnings: list[str] = []
+        #: Whether a defense fitted under (or keyed its cache by) ``options.amp`` in the last run.
+        self.fit_amp_applied = False
         self._targets: dict[tuple, ClassifierTarget] = {}
+
+    def warn(self, message: str) -> None:
+        """A one-line warning: said now, and kept for the report."""
+        self.warnings.append(message)
+        self._warn(message)
 
     def base_target(self, model: Any, task: ClassificationTask) -> ClassifierTarget:
         """The bare target of ``model`` (a spec or an ``nn.Module``) for ``task``, loaded once per run.
@@ -140,13 +200,34 @@ class Runner:
         target = target.to(self.device).eval()
         if target.n_classes != task.n_classes:
             raise UserError(f"model {target.name} has {target.n_classes} classes but task {task.name} has {task.n_classes}")
+        if tuple(target.input_shape) != tuple(task.input_shape):
+            raise UserError(f"model {target.name} expects inputs of shape {_shape(target.input_shape)} but task {task.name} gives {_shape(task.input_shape)}; "
+                            "use a task with images of the model's shape, or a model for the task's")
         target.check_input(task.x_test[:2])
+        try:
+            target.logits(task.x_test[:2])
+        except (torch.OutOfMemoryError, MemoryError):
+            raise
+        except RuntimeError as exc:  # e.g. a Linear sized for other images: torch's shape error, without its traceback
+            raise input_mismatch(target, task, exc) from None
         target.validate_outputs(task.x_test[:16])
         if key is not None:
             self._targets[key] = target
         return target
 
     def run(self) -> Report:
+        """Run the suite under :attr:`options`: threads and fitting precision hold for this run only."""
+        from .precision import fit_precision
+        from .threads import torch_threads
+
+        self.warnings = []
+        with torch_threads(self.options.threads or 0), fit_precision(self.options.amp) as precision:
+            try:
+                return self._run()
+            finally:
+                self.fit_amp_applied = precision.applied
+
+    def _run(self) -> Report:
         suite = self.suite
         torch.manual_seed(suite.seed)
         task = load_task(suite.task, suite.task_options)
@@ -163,6 +244,9 @@ class Runner:
         for prepared in attacks:
             if prepared.eps is None and prepared.attack.norm not in eps:
                 raise UserError(f"attack {prepared.spec.label()} uses {prepared.attack.norm} but no eps is set for it; pass --eps {prepared.attack.norm}:VALUES")
+        if suite.models:
+            for text in whole_box_warnings(eps, attacks, tuple(task.input_shape)):
+                self.warn(text)
         defenses = [(spec, prepare_defense(spec, suite.seed)) for spec in suite.defenses]
         self.store.save_suite(suite.to_json())
         runs = []
@@ -179,7 +263,7 @@ class Runner:
         return Report(
             runs=runs,
             environment=environment(suite.seed, self.device),
-            suite=suite.to_json(),
+            suite={**suite.to_json(), **({"warnings": list(self.warnings)} if self.warnings else {})},
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             sections=data,
             files=files,
@@ -197,8 +281,8 @@ class Runner:
 
         attack, chunk = prepared.attack, self.suite.chunk_size
         shard = distributed.current()
-        target = memory_format(target, self.channels_last)
-        craft = memory_format(craft, self.channels_last) if craft is not None else None
+        target = memory_format(target, self.options.channels_last)
+        craft = memory_format(craft, self.options.channels_last) if craft is not None else None
         chunks: dict[int, AttackResult] = {}
         starts = range(0, len(y), chunk)
         if len(starts) < shard.world_size:
@@ -226,6 +310,10 @@ class Runner:
         x, y = task.test_subset(self.suite.n)
         clean_correct = target.predict(x, self.suite.batch_size) == y
         checks = checks_module.run_pre_checks(target, x, y) if self.suite.checks else []
+        nothing = checks_module.nothing_to_attack(clean_correct)  # with or without --no-checks
+        if nothing is not None:
+            self.warn(f"{label}: {nothing.detail}")
+            checks.append(nothing)
         results: list[AttackResult] = []
         records = []
         for a, prepared in enumerate(attacks):

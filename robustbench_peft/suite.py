@@ -7,7 +7,7 @@ seed. Named suites register with ``@register_suite``; the CLI overrides fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import UserError
 from .options import PluginSpec, parse_plugin_spec
@@ -40,6 +40,14 @@ def task_overrides(suite: "Suite", text: str | None, data_dir: str | None = None
             raise UserError(f"--data-dir {data_dir} and the task's data_dir={given['data_dir']} name two data directories; give one of them")
         options["data_dir"] = data_dir
     return name, options
+
+
+def attack_norms(attacks: Iterable[PluginSpec]) -> set[str]:
+    """The threat models ``attacks`` use (their ``norm`` option, else Linf, in canonical spelling):
+    where an eps list given for every threat model goes, for ``--eps`` and ``evaluate(eps=...)`` alike."""
+    from .threat_model import check_norm
+
+    return {check_norm(str(spec.options.get("norm", "Linf"))) for spec in attacks}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ PATH is a ``.safetensors`` file (sidecar: the same name with ``.json``, or
      "class_names": ["airplane", ...]}        # optional
 
 Nothing is unpickled: the architecture is rebuilt from code and the tensors come
-from safetensors. :func:`export_file_model` writes both files.
+from safetensors. :func:`export_file_model` writes both files. :func:`sidecar_help`
+describes the format for ``python -m robustbench_peft list file``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,26 @@ def preprocess_config(config: dict[str, Any], spec: str) -> tuple[PreprocessConf
     )
 
 
+def sidecar_help() -> list[str]:
+    """The sidecar format, for ``list file``: so a user can write one without reading the code."""
+    families = ", ".join(sorted(ARCHITECTURES)) or "none registered"
+    return [
+        f"PATH: a .safetensors file (sidecar: the same name with .json, or {SIDECAR} beside it), or a folder holding {WEIGHTS_FILE} and {SIDECAR};",
+        "  without a sidecar file, the same JSON stored in the safetensors metadata under 'config'. Nothing is unpickled.",
+        "sidecar (a JSON object):",
+        f"  architecture   FAMILY:NAME of the network, rebuilt from code; FAMILY one of {families} (required)",
+        "  num_classes    number of logits (required)",
+        "  input_shape    [C, H, W] of the [0,1] images the model classifies (required, or input_size)",
+        "  input_size     [C, H, W] the network itself takes (default: input_shape); images are resized inside the model",
+        "  mean, std      per-channel normalisation applied inside the model (both or neither; neither: the network takes [0,1])",
+        "  interpolation  resize filter: bilinear (default), bicubic, nearest or area",
+        "  model_args     extra keyword arguments of the architecture's constructor (default: {})",
+        'example: {"architecture": "timm:resnet18", "num_classes": 10, "input_shape": [3, 32, 32], "mean": [0.491, 0.482, 0.447], "std": [0.247, 0.243, 0.262]}',
+        "write both files from Python: robustbench_peft.models.file_family.export_file_model(model, PATH, architecture, num_classes, input_shape, mean, std)",
+        "options (file:PATH:key=value): input_shape=CxHxW, the images the attacks perturb (default: the task's)",
+    ]
+
+
 @register_model("file")
 def file_model(name: str, input_shape: Sequence[int] | None = None) -> ClassifierTarget:
     """Local safetensors weights with a JSON sidecar naming the architecture (timm:, torchvision:, digits:)."""
@@ -144,6 +165,9 @@ def file_model(name: str, input_shape: Sequence[int] | None = None) -> Classifie
         )
     preprocess, own_shape = preprocess_config(config, spec)
     return make_target(model, num_classes, preprocess, spec, input_shape if input_shape is not None else own_shape)
+
+
+file_model.usage = sidecar_help  # type: ignore[attr-defined] - ``list file`` prints it
 
 
 def export_file_model(
