@@ -73,8 +73,8 @@ class Workdir:
             self.done[command] = subprocess.run(["bash", "-c", command], cwd=self.path, env=env, capture_output=True, text=True, timeout=timeout)
         return self.done[command]
 
-    def ok(self, command: str) -> subprocess.CompletedProcess:
-        proc = self.run(command)
+    def ok(self, command: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        proc = self.run(command, timeout)
         assert proc.returncode == 0, f"{command}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
@@ -278,6 +278,8 @@ class Case:
     with_optional: bool = True
     #: run in the repository root (an install command) instead of the user's folder.
     in_repository: bool = False
+    #: seconds the command may take before the case fails.
+    timeout: float = 1800
 
 
 def _setup_robustbench(work: Workdir) -> dict[str, str]:
@@ -368,7 +370,8 @@ CASES: dict[str, Case] = {
         check_unlearning(("class",), ("retrain", "ft", "ga", "rl", "l1sparse", "salun", "suppress"), flagged=("suppress",))),
     "python -m robustbench_peft eval --suite diffusion": Case(check_diffusion("digits-t2i", (
         "no_attack", "unlearndiff", "random_tokens", "concept_inversion:steps=150", "condition_inversion:steps=150", "random_tokens:trials=15"),
-        threat_models=("text", "embedding", "condition"))),
+        threat_models=("text", "embedding", "condition")),
+        timeout=3000),  # cold: trains the model, ESD and SalUn-DM first (about 29 minutes on one core)
     'python -m robustbench_peft eval --suite diffusion --set diffusion.preset=digits-quick --set \'diffusion.unlearners=["salun-dm:alpha=0.001","salun-dm:alpha=0.01","salun-dm:alpha=0.1","salun-dm:alpha=1.0"]\'': Case(
         check_diffusion("digits-t2i", ("no_attack", "unlearndiff:timesteps=8,inner_steps=10", "random_tokens:trials=8"),
                         tuple(f"salun-dm:alpha={a}" for a in ("0.001", "0.01", "0.1", "1.0")),
@@ -443,9 +446,9 @@ def _run_case(workdir: Workdir, command: str) -> None:
     if case.in_repository:
         workdir.before = set((ROOT / "reports" / "runs").glob("digits-*"))
         here = Workdir(ROOT, workdir.env)
-        case.check(workdir, here.ok(line))
+        case.check(workdir, here.ok(line, case.timeout))
     else:
-        case.check(workdir, workdir.ok(line))
+        case.check(workdir, workdir.ok(line, case.timeout))
 
 
 @pytest.mark.parametrize("command", _params("fast"))
