@@ -72,7 +72,8 @@ def parse_eps(values: Sequence[str] | None) -> dict[str, list[float]] | None:
 
 
 def parse_device(text: str) -> str:
-    """A torch device this machine has, else a one-line error (see :func:`.runtime.check_device`)."""
+    """A torch device this machine has, else a one-line error (see :func:`.runtime.check_device`); imported
+    here, not at the top, so that parsing the command line does not load torch."""
     from .runtime import check_device
 
     return check_device(text)
